@@ -1,0 +1,55 @@
+"""``perchead`` command line: ``perchead <command> [options]``.
+
+Each command is a typed function in the module that owns it; tyro turns its signature into options. The
+module is imported only when its command runs, so ``perchead --help`` answers without loading torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> ("module:function", one-line summary). Only commands that work are listed.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "render": ("perchead.io.commands:render", "render a 3DGS .ply to a turntable video and a grid of views"),
+    "preprocess": ("perchead.preprocess.commands:preprocess", "photos -> matted 512x512 head crop + camera"),
+}
+
+
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: perchead <command> [options]", "", "commands:"]
+    lines += [f"  {name.ljust(width)}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += ["", "`perchead <command> --help` lists a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from . import __version__
+
+        print(f"perchead {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"perchead: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    import tyro
+
+    module_name, func_name = COMMANDS[name][0].split(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+    try:
+        result = tyro.cli(func, args=rest, prog=f"perchead {name}")
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        # User-facing failures (bad file, bad option value, missing weights) end in one clear line.
+        print(f"perchead {name}: error: {exc}", file=sys.stderr)
+        return 1
+    return int(result) if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

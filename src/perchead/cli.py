@@ -13,6 +13,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "render": ("perchead.io.commands:render", "render a 3DGS .ply to a turntable video and a grid of views"),
     "preprocess": ("perchead.preprocess.commands:preprocess", "photos -> matted 512x512 head crop + camera"),
+    "model-info": ("perchead.model.commands:model_info", "parameter counts and Gaussians of a preset"),
 }
 
 

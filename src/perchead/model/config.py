@@ -1,0 +1,187 @@
+"""Typed model configuration and the four presets.
+
+All presets are the same code with different numbers (DESIGN.md section 3). A config is stored as
+``config.json`` next to the weights, so a checkpoint says which architecture it holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+PRESETS = ("paper", "base", "small", "tiny")
+
+# Architectures of the published DINOv2 checkpoints. Used to check a preset's layer list without weights and
+# to build a same-sized model on the "meta" device (parameter counts) or with random weights (benchmarks).
+# The numbers are those of the checkpoints' config.json files on the Hugging Face hub.
+DINOV2_ARCHS: dict[str, dict[str, Any]] = {
+    "facebook/dinov2-small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6),
+    "facebook/dinov2-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12),
+    "facebook/dinov2-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16),
+    "facebook/dinov2-giant": dict(hidden_size=1536, num_hidden_layers=40, num_attention_heads=24,
+                                  use_swiglu_ffn=True),
+    "facebook/dinov2-with-registers-small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
+                                                 num_register_tokens=4),
+    "facebook/dinov2-with-registers-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                                num_register_tokens=4),
+    "facebook/dinov2-with-registers-large": dict(hidden_size=1024, num_hidden_layers=24,
+                                                 num_attention_heads=16, num_register_tokens=4),
+    "facebook/dinov2-with-registers-giant": dict(hidden_size=1536, num_hidden_layers=40,
+                                                 num_attention_heads=24, use_swiglu_ffn=True,
+                                                 num_register_tokens=4),
+}
+
+
+@dataclass
+class ModelConfig:
+    """Every number of the PercHead network. Lengths are metres, image sizes pixels."""
+
+    preset: str = "custom"
+    # -- input ------------------------------------------------------------------------------------------
+    image_size: int = 512
+    """Side of the square input crop. Padded (with background) up to a multiple of ``patch_size``."""
+    patch_size: int = 14
+    fg_threshold: float = 0.5
+    """A pixel is foreground when its mask value exceeds this; a patch is kept when it has one."""
+    background: float = 1.0
+    """Grey level the image is composited onto outside the mask (white, as the paper's renders)."""
+    # -- frozen DINOv2 branch ---------------------------------------------------------------------------
+    dino: str | None = "facebook/dinov2-with-registers-giant"
+    """Hub id or local folder of a DINOv2 (with or without registers); None = trainable ViT branch only."""
+    dino_layers: tuple[int, ...] = (9, 19, 29, 39)
+    """0-based transformer blocks whose outputs (after DINOv2's final LayerNorm) are concatenated."""
+    # -- trainable ViT branch ---------------------------------------------------------------------------
+    vit_width: int = 768
+    vit_depth: int = 12
+    vit_heads: int = 12
+    # -- fusion: F2D = MLP(concat per patch) ------------------------------------------------------------
+    f2d_width: int = 1024
+    # -- template and 3D tokens -------------------------------------------------------------------------
+    template: str = "builtin"
+    """Where the template came from ("builtin", or "flame:<file name>"); the template itself lives in the
+    checkpoint's weights, so a checkpoint is self-contained."""
+    template_resolution: int = 256
+    """The template is a RxR UV position map; R^2 Gaussians, (R/4)^2 tokens of 4x4 points."""
+    fourier_freqs: int = 6
+    # -- decoder ----------------------------------------------------------------------------------------
+    width: int = 1024
+    heads: int = 16
+    layers: int = 10
+    mlp_ratio: float = 4.0
+    # -- Gaussian heads ---------------------------------------------------------------------------------
+    gaussian_latent: int = 64
+    """Channels per Gaussian after PixelShuffle(4) (each token -> 16 latents)."""
+    s_init: float = 0.1
+    s_max: float = 0.05
+    """Largest offset of a Gaussian from its template point per axis, as a fraction of the head size (the
+    template's largest bounding-box side)."""
+    scale_init: float = 0.5
+    """Initial Gaussian standard deviation as a fraction of the template's mean point spacing."""
+    scale_min: float = 1e-4
+    scale_max: float = 0.05
+    """Clamp range of Gaussian standard deviations (metres)."""
+    opacity_init: float = 0.1
+    # -- SHP-CNN ----------------------------------------------------------------------------------------
+    shp_cnn: bool = True
+    shp_channels: int = 32
+    shp_blocks: int = 3
+
+    def __post_init__(self) -> None:
+        self.dino_layers = tuple(int(i) for i in self.dino_layers)
+        problems = []
+        if self.template_resolution % 4:
+            problems.append(f"template_resolution {self.template_resolution} is not a multiple of 4")
+        if self.width % self.heads:
+            problems.append(f"decoder width {self.width} is not divisible by heads {self.heads}")
+        if self.vit_width % self.vit_heads:
+            problems.append(f"vit_width {self.vit_width} is not divisible by vit_heads {self.vit_heads}")
+        if self.dino is not None and not self.dino_layers:
+            problems.append("a DINOv2 branch needs at least one layer in dino_layers")
+        if not 0.0 < self.s_max < 1.0 or self.s_init <= 0:
+            problems.append(f"s_max {self.s_max} must be in (0, 1) and s_init {self.s_init} > 0")
+        if not 0.0 < self.opacity_init < 1.0:
+            problems.append(f"opacity_init {self.opacity_init} must be in (0, 1)")
+        if problems:
+            raise ValueError("invalid ModelConfig: " + "; ".join(problems))
+
+    # -- derived numbers --------------------------------------------------------------------------------
+    @property
+    def patch_grid(self) -> int:
+        """Patches per side after padding the input up to a multiple of the patch size."""
+        return -(-self.image_size // self.patch_size)
+
+    @property
+    def num_gaussians(self) -> int:
+        return self.template_resolution**2
+
+    @property
+    def num_tokens(self) -> int:
+        return (self.template_resolution // 4) ** 2
+
+    # -- (de)serialisation ------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["dino_layers"] = list(self.dino_layers)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"model config has unknown field(s) {unknown}: written by a newer perchead?")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _paper() -> ModelConfig:
+    # DESIGN.md sections 2-3: ViT-g/14-reg layers 9,19,29,39; 512 px; 65,536 Gaussians; decoder 1024 wide,
+    # 16 heads, 10 layers. The trainable ViT's size is not published: ViT-B is our choice.
+    return ModelConfig(preset="paper")
+
+
+def _base() -> ModelConfig:
+    # Same input and Gaussian count as the paper with a DINOv2 ViT-B/14 and a half-width decoder: the
+    # configuration to train on a single consumer GPU.
+    return ModelConfig(preset="base", dino="facebook/dinov2-base", dino_layers=(2, 5, 8, 11),
+                       vit_width=384, vit_depth=6, vit_heads=6, f2d_width=512,
+                       width=512, heads=8, layers=8, gaussian_latent=32)
+
+
+def _small() -> ModelConfig:
+    # Laptop-CPU training: 256 px, 128x128 template (16,384 Gaussians, 1,024 tokens). Keeps a frozen
+    # DINOv2 ViT-S/14 branch -- the same weights the DINO loss needs anyway, so training it costs no extra
+    # download; pass dino=None for a ViT-only model.
+    return ModelConfig(preset="small", image_size=256, dino="facebook/dinov2-small",
+                       dino_layers=(2, 5, 8, 11),
+                       vit_width=256, vit_depth=6, vit_heads=4, f2d_width=256, template_resolution=128,
+                       width=256, heads=8, layers=6, gaussian_latent=32, shp_channels=16, shp_blocks=2)
+
+
+def _tiny() -> ModelConfig:
+    # CPU demo / smoke tests: 128 px, 64x64 template (4,096 Gaussians, 256 tokens) and NO DINOv2 branch, so it
+    # can be built and trained where no DINOv2 weights exist. A few ms per image.
+    return ModelConfig(preset="tiny", image_size=128, dino=None, dino_layers=(),
+                       vit_width=192, vit_depth=4, vit_heads=3, f2d_width=128, template_resolution=64,
+                       width=128, heads=4, layers=4, gaussian_latent=16, shp_channels=16, shp_blocks=2)
+
+
+_PRESET_BUILDERS = {"paper": _paper, "base": _base, "small": _small, "tiny": _tiny}
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """The named preset, with any field overridden (e.g. ``preset("small", dino=None, dino_layers=())``)."""
+    if name not in _PRESET_BUILDERS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+    cfg = _PRESET_BUILDERS[name]()
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+__all__ = ["DINOV2_ARCHS", "PRESETS", "ModelConfig", "preset"]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from perchead.geometry import Cameras, Gaussians
-from perchead.render import rasterize
+from perchead.render import rasterize, render_features
 from perchead.render.scenes import edge_case_gaussians, random_gaussians
 
 PARAMS = ("means", "log_scales", "quats", "opacity_logits", "sh")
@@ -197,3 +197,20 @@ def test_gsplat_gradients_match_cpu():
         a, b = grads["cpu"][name], grads["gsplat"][name]
         cos = torch.nn.functional.cosine_similarity(a.reshape(1, -1), b.reshape(1, -1)).item()
         assert cos > 0.98, f"{name}: cosine similarity {cos:.3f} between cpu and gsplat gradients"
+
+
+def test_render_features_composites_arbitrary_channels_like_rgb():
+    g = random_gaussians(150, seed=12)
+    cams = _cams(size=20)
+    viewmats, Ks, w, h = cams
+    labels = torch.nn.functional.one_hot(torch.arange(150) % 5, 5).float()
+    features = torch.cat([g.rgb, labels], -1)
+    ref_feat, ref_alpha = render_features(g, features, viewmats, Ks, w, h, backend="reference")
+    cpu_feat, cpu_alpha = render_features(g, features, viewmats, Ks, w, h, backend="cpu")
+    torch.testing.assert_close(cpu_feat, ref_feat, atol=1e-4, rtol=0)
+    torch.testing.assert_close(cpu_alpha, ref_alpha, atol=1e-4, rtol=0)
+    # One-hot labels composite to weights that sum to the alpha of the pixel.
+    torch.testing.assert_close(cpu_feat[..., 3:].sum(-1, keepdim=True), cpu_alpha, atol=1e-5, rtol=0)
+    # The RGB channels are what rasterize() composites before adding the background.
+    out = rasterize(g, viewmats, Ks, w, h, background=0.0)
+    torch.testing.assert_close(cpu_feat[..., :3], out.rgb, atol=1e-5, rtol=0)

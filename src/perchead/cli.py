@@ -12,6 +12,8 @@ import sys
 # name -> ("module:function", one-line summary). Only commands that work are listed.
 COMMANDS: dict[str, tuple[str, str]] = {
     "render": ("perchead.io.commands:render", "render a 3DGS .ply to a turntable video and a grid of views"),
+    "synth": ("perchead.data.commands:synth", "generate procedural multi-view synthetic heads (a dataset)"),
+    "convert-data": ("perchead.data.commands:convert", "convert NeRSemble/Cafca/FFHQ/Ava-256 into perchead's format"),
     "preprocess": ("perchead.preprocess.commands:preprocess", "photos -> matted 512x512 head crop + camera"),
     "model-info": ("perchead.model.commands:model_info", "parameter counts and Gaussians of a preset"),
 }

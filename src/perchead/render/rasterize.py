@@ -24,6 +24,7 @@ from torch import Tensor
 
 from ..geometry.cameras import camera_centers
 from ..geometry.gaussians import Gaussians
+from .cpu import composite_cpu
 from .project import project
 from .reference import composite_reference
 
@@ -109,22 +110,42 @@ def rasterize(gaussians: Gaussians, viewmats: Tensor, Ks: Tensor, width: int, he
         return RenderOutput(*rasterize_gsplat(gaussians, viewmats, Ks, width, height, bg, near, far, eps2d))
 
     colors = gaussians.colors(camera_centers(viewmats) if gaussians.sh_degree > 0 else None)
+    colors = colors if colors.ndim == 3 else colors.expand(len(viewmats), *colors.shape)
+    # Depth rides along as a fourth feature so that one compositing pass gives both, with gradients.
+    cam_z = gaussians.means @ viewmats[:, 2, :3].transpose(0, 1) + viewmats[:, 2, 3]  # [N, C]
+    features = torch.cat([colors, cam_z.transpose(0, 1).unsqueeze(-1)], dim=-1)
+    feat, alpha = render_features(gaussians, features, viewmats, Ks, width, height, which, near, far, eps2d,
+                                  tile_size)
+    rgb = feat[..., :3] + (1.0 - alpha) * bg
+    depth = torch.where(alpha > 1e-6, feat[..., 3:] / alpha.clamp_min(1e-6), torch.zeros_like(alpha))
+    return RenderOutput(rgb, alpha, depth)
+
+
+def render_features(gaussians: Gaussians, features: Tensor, viewmats: Tensor, Ks: Tensor, width: int, height: int,
+                    backend: Backend = "auto", near: float = 0.01, far: float = 1e10, eps2d: float = 0.3,
+                    tile_size: int = 8) -> tuple[Tensor, Tensor]:
+    """Composite arbitrary per-Gaussian features (labels, latent codes, colours without SH) instead of RGB.
+
+    ``features`` is [N, F] or per camera [C, N, F]. Returns the premultiplied features [C, H, W, F]
+    (sum_i f_i alpha_i T_i, no background) and alpha [C, H, W, 1]. Unbatched Gaussians only.
+    """
+    which = resolve_backend(backend, gaussians.means.device)
+    if which == "gsplat":
+        raise ValueError("render_features supports the 'cpu' and 'reference' backends; gsplat renders RGB only here")
+    if viewmats.ndim == 2:
+        viewmats, Ks = viewmats[None], Ks.reshape(-1, 3, 3)
+    viewmats, Ks = viewmats.to(gaussians.means), Ks.to(gaussians.means).expand(len(viewmats), 3, 3)
+    if features.ndim == 2:
+        features = features.expand(len(viewmats), *features.shape)
     opacities, scales = gaussians.opacities, gaussians.scales
-    rgbs, alphas, depths = [], [], []
+    feats, alphas = [], []
     for c in range(len(viewmats)):
         proj = project(gaussians.means, gaussians.quats, scales, viewmats[c], Ks[c], width, height, near, far,
                        eps2d)
-        color = colors[c] if colors.ndim == 3 else colors
-        # Depth rides along as a fourth feature so that one compositing pass gives both, with gradients.
-        features = torch.cat([color, proj.depths.unsqueeze(-1)], dim=-1)
         if which == "reference":
-            feat, alpha = composite_reference(proj, features, opacities, width, height)
+            feat, alpha = composite_reference(proj, features[c], opacities, width, height)
         else:
-            from .cpu import composite_cpu
-
-            feat, alpha = composite_cpu(proj, features, opacities, width, height, tile_size)
-        alpha = alpha.unsqueeze(-1)
-        rgbs.append(feat[..., :3] + (1.0 - alpha) * bg)
-        alphas.append(alpha)
-        depths.append(torch.where(alpha > 1e-6, feat[..., 3:] / alpha.clamp_min(1e-6), torch.zeros_like(alpha)))
-    return RenderOutput(torch.stack(rgbs), torch.stack(alphas), torch.stack(depths))
+            feat, alpha = composite_cpu(proj, features[c], opacities, width, height, tile_size)
+        feats.append(feat)
+        alphas.append(alpha.unsqueeze(-1))
+    return torch.stack(feats), torch.stack(alphas)

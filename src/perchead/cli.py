@@ -16,6 +16,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert-data": ("perchead.data.commands:convert", "convert NeRSemble/Cafca/FFHQ/Ava-256 into perchead's format"),
     "preprocess": ("perchead.preprocess.commands:preprocess", "photos -> matted 512x512 head crop + camera"),
     "model-info": ("perchead.model.commands:model_info", "parameter counts and Gaussians of a preset"),
+    "train": ("perchead.train.commands:train", "train a stage (reconstruct / sharpen / edit); torchrun for DDP"),
+    "eval-heldout": ("perchead.eval.heldout:eval_heldout", "held-out novel/extreme-view PSNR vs a template"),
 }
 
 

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "preprocess": ("perchead.preprocess.commands:preprocess", "photos -> matted 512x512 head crop + camera"),
     "model-info": ("perchead.model.commands:model_info", "parameter counts and Gaussians of a preset"),
     "train": ("perchead.train.commands:train", "train a stage (reconstruct / sharpen / edit); torchrun for DDP"),
+    "reconstruct": ("perchead.inference.commands:reconstruct", "photos/videos -> 3D head .ply + renders"),
     "eval-heldout": ("perchead.eval.heldout:eval_heldout", "held-out novel/extreme-view PSNR vs a template"),
 }
 

@@ -1,0 +1,21 @@
+"""Inference: photos, folders and videos -> 3D Gaussian heads, renders and files (``perchead reconstruct``).
+
+See docs/reconstruct.md.
+"""
+
+from .reconstruct import (
+    DEMO_CHECKPOINT,
+    PHOTO_FILES,
+    STAGES,
+    ReconstructConfig,
+    Reconstruction,
+    Reconstructor,
+    StageTimes,
+    load_model,
+    staged_output,
+)
+from .video import VIDEO_SUFFIXES, VideoResult, is_video, reconstruct_video
+
+__all__ = ["DEMO_CHECKPOINT", "PHOTO_FILES", "STAGES", "VIDEO_SUFFIXES", "ReconstructConfig",
+           "Reconstruction", "Reconstructor", "StageTimes", "VideoResult", "is_video", "load_model",
+           "reconstruct_video", "staged_output"]

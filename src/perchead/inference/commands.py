@@ -1,0 +1,150 @@
+"""``perchead reconstruct``: photos, folders and videos -> head.ply, head.splat, turntable.mp4, views.png."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Literal
+
+import tyro
+
+from .reconstruct import ReconstructConfig, Reconstructor
+from .video import is_video, reconstruct_video
+
+
+def _expand(inputs: list[Path]) -> tuple[list[Path], bool]:
+    """Files to process (folders listed, hidden files skipped) and whether this is a batch."""
+    if not inputs:
+        raise FileNotFoundError("no input given: pass a photo, a folder of photos or a video")
+    files: list[Path] = []
+    for p in inputs:
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: no such file or folder")
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.is_file() and not q.name.startswith("."))
+            if not found:
+                raise FileNotFoundError(f"{p}: the folder has no files to reconstruct")
+            files += found
+        else:
+            files.append(p)
+    return files, len(inputs) > 1 or any(p.is_dir() for p in inputs)
+
+
+def _unique_dirs(files: list[Path], out: Path) -> list[Path]:
+    """OUT/<stem>/ per input; a repeated stem (a.jpg, a.png) gets _2, _3, ..."""
+    seen: dict[str, int] = {}
+    dirs = []
+    for f in files:
+        seen[f.stem] = seen.get(f.stem, 0) + 1
+        dirs.append(out / (f.stem if seen[f.stem] == 1 else f"{f.stem}_{seen[f.stem]}"))
+    return dirs
+
+
+def reconstruct(
+    inputs: Annotated[list[Path], tyro.conf.Positional],
+    /,
+    out: Annotated[Path, tyro.conf.arg(aliases=("-o",))] = Path("reconstruction"),
+    checkpoint: str = "demo",
+    dino: str | None = None,
+    device: Literal["auto", "cpu", "cuda"] = "auto",
+    size: int = 512,
+    frames: int = 60,
+    fps: float = 30.0,
+    pitch: float = 10.0,
+    video: bool = True,
+    sharpen: bool = True,
+    allow_no_face: bool = False,
+    every: int = 1,
+    max_frames: int | None = None,
+    turn_frames: int = 120,
+    backend: Literal["auto", "cpu", "reference", "gsplat"] = "auto",
+    threads: int | None = None,
+    progress: bool = True,
+) -> int:
+    """Reconstruct 3D heads from photos, folders of photos or videos (docs/reconstruct.md).
+
+    A photo writes into OUT: head.ply (standard 3DGS), head.splat, turntable.mp4, views.png (input crop and
+    matted input beside the front, both profiles, back, above and below), input_crop.png, input_mask.png and
+    reconstruction.json; all of them or, on an error, none. A folder (or several inputs) is a batch: one
+    OUT/<name>/ per file; files that fail are listed at the end and the exit status is 1. A video (.mp4, .mov,
+    .avi, .webm, .mkv) writes OUT/frames/<frame>.ply per reconstructed frame and OUT/side_by_side.mp4 (input
+    crop | rendered view turning around the head).
+
+    Args:
+        inputs: photo(s), folder(s) of photos, or video(s).
+        out: output folder.
+        checkpoint: checkpoint folder (config.json + model.safetensors), Hugging Face hub id, or "demo" (the
+            checkpoint bundled with perchead).
+        dino: DINOv2 folder or hub id replacing the one the checkpoint names (presets with a DINOv2 branch).
+        device: where the network runs; auto = cuda when available.
+        size: side of every rendered view, pixels.
+        frames: turntable frames (one full turn).
+        fps: turntable frame rate.
+        pitch: turntable camera elevation in degrees.
+        video: write turntable.mp4 (--no-video skips it: most of the time of a CPU run).
+        sharpen: apply the checkpoint's SHP-CNN to rendered images (no effect if it has none).
+        allow_no_face: when no face is found, use the centred square of the whole image as the crop.
+        every: videos: reconstruct every N-th frame.
+        max_frames: videos: reconstruct at most this many frames.
+        turn_frames: videos: the rendered view turns once around the head every N output frames.
+        backend: rasteriser (auto = gsplat on a CUDA GPU when installed, else the CPU kernels).
+        threads: CPU threads for the network and the rasteriser (default: all cores); on a machine busy with
+            other jobs, 1 can be faster.
+        progress: show progress bars.
+    """
+    files, batch = _expand(inputs)
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {threads}")
+        import numba
+        import torch
+
+        torch.set_num_threads(threads)
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    config = ReconstructConfig(checkpoint=checkpoint, dino=dino, device=device, size=size, frames=frames,
+                               fps=fps, pitch=pitch, video=video, sharpen=sharpen,
+                               allow_no_face=allow_no_face, backend=backend)
+    # Warnings of the preprocessing are printed below, next to the photo they concern.
+    logging.getLogger("perchead.preprocess").setLevel(logging.ERROR)
+    rec = Reconstructor(config)
+    cfg = rec.model.config
+    print(f"loaded {checkpoint} ({cfg.preset} preset, {cfg.num_gaussians:,} Gaussians) "
+          f"on {rec.device} in {rec.times.load:.2f} s", file=sys.stderr)
+
+    def one(path: Path, target: Path, say) -> bool:
+        """Reconstruct one input into ``target``; returns whether everything succeeded."""
+        if is_video(path):
+            res = reconstruct_video(rec, path, target, every=every, max_frames=max_frames,
+                                    turn_frames=turn_frames, progress=progress)
+            say(f"{path} -> {target}: {len(res.frames)} frame(s), {target / 'side_by_side.mp4'} "
+                f"({res.times.summary(('preprocess', 'network', 'render', 'write'))})")
+            for index, reason in res.failures:
+                print(f"perchead reconstruct: {path} frame {index} skipped: {reason}", file=sys.stderr)
+            return not res.failures
+        result = rec.run(path, target)
+        notes = f" ({'; '.join(result.preprocessed.warnings)})" if result.preprocessed.warnings else ""
+        say(f"{path} -> {target}/ [{', '.join(f.name for f in result.files)}]{notes}")
+        say(f"  times: {result.times.summary(('preprocess', 'network', 'render', 'write'))}")
+        return True
+
+    if not batch:
+        return 0 if one(files[0], out, print) else 1
+
+    from tqdm import tqdm
+
+    failures: list[tuple[Path, Exception]] = []
+    partial: list[Path] = []
+    for path, target in tqdm(list(zip(files, _unique_dirs(files, out), strict=True)), desc="reconstruct",
+                             unit="file", file=sys.stderr, disable=not progress):
+        try:
+            if not one(path, target, tqdm.write):
+                partial.append(path)
+        except Exception as exc:  # one bad file must not cost the rest of the batch
+            failures.append((path, exc))
+    for path, exc in failures:
+        msg = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+        print(f"perchead reconstruct: failed {msg}", file=sys.stderr)
+    print(f"{len(files) - len(failures)} of {len(files)} reconstructed into {out}, {len(failures)} failed"
+          + (f", {len(partial)} video(s) with skipped frames" if partial else ""))
+    return 1 if failures or partial else 0

@@ -1,0 +1,370 @@
+"""Photo -> 3D head files: preprocessing, the network, renders of the result, and atomic writes.
+
+A :class:`Reconstructor` loads a checkpoint once and then turns any number of photos (or video frames) into
+Gaussians and files, recording the time spent in each stage (load, preprocess, network, render, write)::
+
+    from perchead.inference import Reconstructor, ReconstructConfig
+
+    rec = Reconstructor(ReconstructConfig(checkpoint="ckpt/"))
+    result = rec.run("photo.jpg", "out/")        # out/head.ply, head.splat, turntable.mp4, views.png, ...
+    result.gaussians, result.times
+
+Every camera is the standard head camera (``HEAD_CAMERA_RADIUS``, ``HEAD_CAMERA_FOV_DEG``) that the
+preprocessing crop and the training data assume for the input view, so the "front" render is framed like the
+input crop and every other view shows the head at the same scale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..geometry import (
+    HEAD_CAMERA_FOV_DEG,
+    HEAD_CAMERA_RADIUS,
+    Gaussians,
+    focal_from_fov,
+    intrinsics,
+    orbit_viewmats,
+    turntable_viewmats,
+)
+from ..io import image_grid, save_image, save_ply, save_splat, to_uint8, write_video
+from ..io.commands import GRID_VIEWS
+from ..preprocess import PreprocessConfig, Preprocessed, preprocess_image
+from ..preprocess.io import ImageInput
+from ..render import gsplat_available, rasterize
+
+log = logging.getLogger(__name__)
+
+DEMO_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "demo"
+"""Where the bundled demo checkpoint lives (``--checkpoint demo``)."""
+
+STAGES = ("load", "preprocess", "network", "render", "write")
+RENDER_CHUNK = 8  # cameras per rasterize() call: bounds memory for long turntables at large sizes
+
+# Names of the files written for one photo, in the order they are written.
+PHOTO_FILES = ("head.ply", "head.splat", "turntable.mp4", "views.png", "input_crop.png", "input_mask.png",
+               "reconstruction.json")
+
+
+@dataclass
+class ReconstructConfig:
+    """How photos become files. Every field is a ``perchead reconstruct`` option."""
+
+    checkpoint: str = "demo"
+    """checkpoint folder, Hugging Face hub id (owner/name), or "demo" for the bundled demo checkpoint"""
+    dino: str | None = None
+    """DINOv2 folder or hub id replacing the one the checkpoint names (e.g. a local copy)"""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto = cuda when a GPU is available, else cpu"""
+    size: int = 512
+    """side of every rendered view and of the turntable, pixels"""
+    frames: int = 60
+    """turntable frames (one full turn)"""
+    fps: float = 30.0
+    """turntable frame rate"""
+    pitch: float = 10.0
+    """turntable camera elevation, degrees (positive = above)"""
+    video: bool = True
+    """write turntable.mp4 (rendering it is most of the time of a CPU run)"""
+    sharpen: bool = True
+    """apply the checkpoint's SHP-CNN to the rendered images (no effect when it has none)"""
+    allow_no_face: bool = False
+    """a photo without a detected face is cropped as the centred square of the whole image"""
+    crop_size: int = 512
+    """side of the preprocessed crop (input_crop.png); resized to the model's input size for the network"""
+    backend: Literal["auto", "cpu", "reference", "gsplat"] = "auto"
+    """rasteriser: auto = gsplat for CUDA tensors when installed, else the CPU kernels"""
+
+    def __post_init__(self) -> None:
+        if self.size < 16:
+            raise ValueError(f"--size must be at least 16 pixels, got {self.size}")
+        if self.frames < 1 or not self.fps > 0:
+            raise ValueError(f"need --frames >= 1 and --fps > 0, got {self.frames} and {self.fps}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent per stage. ``load`` is paid once per :class:`Reconstructor`, the rest per photo."""
+
+    load: float = 0.0
+    preprocess: float = 0.0
+    network: float = 0.0
+    render: float = 0.0
+    write: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return sum(getattr(self, s) for s in STAGES)
+
+    def __iadd__(self, other: StageTimes) -> StageTimes:
+        for s in STAGES:
+            setattr(self, s, getattr(self, s) + getattr(other, s))
+        return self
+
+    def summary(self, stages: Sequence[str] = STAGES) -> str:
+        return ", ".join(f"{s} {getattr(self, s):.2f} s" for s in stages)
+
+
+@dataclass
+class Reconstruction:
+    """One photo's result, in memory until :meth:`Reconstructor.write` puts it on disk."""
+
+    source: str
+    preprocessed: Preprocessed
+    gaussians: Gaussians
+    """unbatched, on the CPU, canonical head frame"""
+    views: np.ndarray
+    """uint8 [6, S, S, 3]: the views of ``io.commands.GRID_VIEWS`` (front, profiles, back, above, below)"""
+    turntable: np.ndarray | None
+    """uint8 [F, S, S, 3], or None with ``video=False``"""
+    times: StageTimes = field(default_factory=StageTimes)
+    files: list[Path] = field(default_factory=list)
+    """filled by :meth:`Reconstructor.write`"""
+
+
+class Reconstructor:
+    """Load a checkpoint once; reconstruct many photos. Not thread-safe (nor is the preprocessing)."""
+
+    def __init__(self, config: ReconstructConfig | None = None, model=None) -> None:
+        """``model``: an already built :class:`~perchead.model.PercHead` instead of ``config.checkpoint``."""
+        self.config = config or ReconstructConfig()
+        self.device = resolve_device(self.config.device)
+        # The CPU kernels render CUDA tensors only through gsplat; without it the Gaussians come back to the
+        # CPU for rendering (the network still runs on the GPU).
+        cuda_render = (self.device.type == "cuda" and self.config.backend in ("auto", "gsplat")
+                       and gsplat_available())
+        self.render_device = self.device if cuda_render else torch.device("cpu")
+        self.times = StageTimes()
+        start = time.perf_counter()
+        self.model = (model if model is not None else load_model(self.config.checkpoint, self.config.dino))
+        self.model = self.model.to(self.device).eval()
+        self.times.load = time.perf_counter() - start
+        self.preprocess_config = PreprocessConfig(size=self.config.crop_size,
+                                                  allow_no_face=self.config.allow_no_face)
+        self.sharpens = self.config.sharpen and shp_cnn_changes_images(self.model)
+        size = self.config.size
+        self.K = intrinsics(focal_from_fov(HEAD_CAMERA_FOV_DEG, size), width=size, height=size)
+
+    # -- stages ---------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def timed(self, times: StageTimes, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)  # GPU work is asynchronous: charge it to its own stage
+            elapsed = time.perf_counter() - start
+            setattr(times, stage, getattr(times, stage) + elapsed)
+            setattr(self.times, stage, getattr(self.times, stage) + elapsed)
+
+    def preprocess(self, source: ImageInput) -> Preprocessed:
+        """Photo -> matted square crop, mask and camera (docs/preprocess.md); raises NoFaceError et al."""
+        return preprocess_image(source, self.preprocess_config)
+
+    def network_inputs(self, pre: Preprocessed) -> tuple[torch.Tensor, torch.Tensor]:
+        """[1, 3, S, S] image in [0, 1] and [1, 1, S, S] mask at the model's input size.
+
+        The unmatted crop goes in with its mask (the model composites it): the same contract and the same
+        antialiased bilinear resize as the training data (perchead.train.data).
+        """
+        s = self.model.config.image_size
+        image = torch.from_numpy(np.array(pre.crop)).permute(2, 0, 1)[None].float() / 255.0
+        mask = torch.from_numpy(np.array(pre.mask, dtype=np.float32))[None, None].float()
+        if image.shape[-1] != s:
+            image = F.interpolate(image, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+            mask = F.interpolate(mask, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+        mask = mask.clamp(0.0, 1.0)
+        if not bool((mask > self.model.config.fg_threshold).any()):
+            raise ValueError(f"{pre.source}: the matting found no person in the crop (the mask is empty), so "
+                             "there is nothing to reconstruct; use a photo where the head is clearly visible")
+        return image.to(self.device), mask.to(self.device)
+
+    def predict(self, pre: Preprocessed) -> Gaussians:
+        """Preprocessed photo -> unbatched Gaussians (float32, on the render device)."""
+        image, mask = self.network_inputs(pre)
+        with torch.inference_mode():
+            g = self.model(image, mask)[0].to(self.render_device, torch.float32)
+        g.check_finite()  # a broken checkpoint must fail here, not as a black video
+        return g
+
+    def render(self, gaussians: Gaussians, viewmats: torch.Tensor) -> np.ndarray:
+        """uint8 [C, S, S, 3] renders on white (sharpened by SHP-CNN when enabled and present)."""
+        size = self.config.size
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(viewmats), RENDER_CHUNK):
+                vm = viewmats[start:start + RENDER_CHUNK].to(self.render_device)
+                Ks = self.K.to(self.render_device).expand(len(vm), 3, 3)
+                rgb = rasterize(gaussians, vm, Ks, size, size, backend=self.config.backend).rgb
+                if self.sharpens:
+                    rgb = self.model.sharpen(rgb.permute(0, 3, 1, 2).to(self.device)).permute(0, 2, 3, 1)
+                out.append(to_uint8(rgb.float()))
+        return np.concatenate(out)
+
+    def grid_viewmats(self) -> torch.Tensor:
+        _, yaws, pitches = zip(*GRID_VIEWS, strict=True)
+        return orbit_viewmats(list(yaws), list(pitches), HEAD_CAMERA_RADIUS)
+
+    def turntable_viewmats(self) -> torch.Tensor:
+        return turntable_viewmats(self.config.frames, HEAD_CAMERA_RADIUS, self.config.pitch)
+
+    # -- whole photos ---------------------------------------------------------------------------------------
+    def reconstruct(self, source: ImageInput) -> Reconstruction:
+        """Photo -> :class:`Reconstruction` in memory (nothing written)."""
+        times = StageTimes()
+        with self.timed(times, "preprocess"):
+            pre = self.preprocess(source)
+        with self.timed(times, "network"):
+            g = self.predict(pre)
+        with self.timed(times, "render"):
+            views = self.render(g, self.grid_viewmats())
+            turntable = self.render(g, self.turntable_viewmats()) if self.config.video else None
+        return Reconstruction(pre.source, pre, g.to("cpu"), views, turntable, times)
+
+    def write(self, rec: Reconstruction, out_dir: str | os.PathLike) -> list[Path]:
+        """Write every file of ``rec`` into ``out_dir``: all of them, or (on any error) none."""
+        with self.timed(rec.times, "write"), staged_output(out_dir) as stage:
+            save_ply(rec.gaussians, stage / "head.ply")
+            save_splat(rec.gaussians, stage / "head.splat")
+            if rec.turntable is not None:
+                write_video(rec.turntable, stage / "turntable.mp4", fps=self.config.fps)
+            save_image(self.views_image(rec), stage / "views.png")
+            save_image(rec.preprocessed.crop, stage / "input_crop.png")
+            save_image(rec.preprocessed.mask, stage / "input_mask.png")
+            (stage / "reconstruction.json").write_text(json.dumps(self.metadata(rec), indent=1) + "\n")
+        names = [n for n in PHOTO_FILES if n != "turntable.mp4" or rec.turntable is not None]
+        rec.files = [Path(out_dir) / n for n in names]
+        return rec.files
+
+    def run(self, source: ImageInput, out_dir: str | os.PathLike) -> Reconstruction:
+        """:meth:`reconstruct` then :meth:`write`."""
+        rec = self.reconstruct(source)
+        self.write(rec, out_dir)
+        return rec
+
+    # -- pictures and metadata ------------------------------------------------------------------------------
+    def views_image(self, rec: Reconstruction) -> np.ndarray:
+        """The labelled grid: the input crop and what the network saw (matted), then the six views.
+
+        4 columns x 2 rows: [crop, front, left profile, right profile] / [matted input, back, above, below].
+        """
+        size = self.config.size
+        crop = resize_square(rec.preprocessed.crop, size)
+        matted = resize_square(rec.preprocessed.image, size)
+        labels = [label for label, _, _ in GRID_VIEWS]
+        cells = [crop, *rec.views[:3], matted, *rec.views[3:]]
+        names = ["input crop", *labels[:3], "matted input", *labels[3:]]
+        return image_grid(cells, ncols=4, labels=names)
+
+    def metadata(self, rec: Reconstruction) -> dict:
+        cfg = self.model.config
+        return {
+            "source": rec.source,
+            "checkpoint": str(self.config.checkpoint),
+            "preset": cfg.preset,
+            "num_gaussians": len(rec.gaussians),
+            "sharpened": self.sharpens,
+            "render": {"size": self.config.size, "frames": self.config.frames if rec.turntable is not None
+                       else 0, "fps": self.config.fps, "pitch_deg": self.config.pitch,
+                       "camera_radius_m": HEAD_CAMERA_RADIUS, "fov_deg": HEAD_CAMERA_FOV_DEG,
+                       "views": [{"label": lbl, "yaw_deg": y, "pitch_deg": p} for lbl, y, p in GRID_VIEWS]},
+            "preprocess": rec.preprocessed.metadata(),
+            # The write stage is still running when this is written: only the stages before it.
+            "times_s": {s: round(getattr(rec.times, s), 4) for s in ("preprocess", "network", "render")},
+        }
+
+
+# -- helpers -------------------------------------------------------------------------------------------------
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: PyTorch sees no CUDA GPU here; use --device cpu or auto")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
+    return torch.device(device)
+
+
+def load_model(checkpoint: str | os.PathLike, dino: str | None = None):
+    """A PercHead checkpoint (folder, hub id, or "demo") -> the model; errors say what is wrong."""
+    from ..model import PercHead
+
+    source = str(checkpoint)
+    if source == "demo":
+        if not (DEMO_CHECKPOINT / "model.safetensors").is_file():
+            raise FileNotFoundError(
+                f"the bundled demo checkpoint is missing from this installation ({DEMO_CHECKPOINT} has no "
+                "model.safetensors); pass --checkpoint with a checkpoint folder (config.json + "
+                "model.safetensors, e.g. one written by `perchead train`) or a Hugging Face hub id")
+        source = str(DEMO_CHECKPOINT)
+    try:
+        return PercHead.from_pretrained(source, dino=dino)
+    except (FileNotFoundError, ValueError, RuntimeError):
+        raise  # already one clear sentence naming the file and the problem
+    except Exception as exc:  # e.g. a config.json with fields of the wrong type
+        raise ValueError(f"cannot load checkpoint {source}: {type(exc).__name__}: {exc}") from exc
+
+
+def shp_cnn_changes_images(model) -> bool:
+    """Whether the model has an SHP-CNN that is not the identity. Its last convolution is zero-initialised
+    (perchead.model.shp_cnn), so until the sharpen stage has trained it, it returns its input exactly:
+    skipping it then saves several GFLOP per 512 px render without changing a pixel."""
+    shp = model.shp_cnn
+    if shp is None:
+        return False
+    return bool(shp.tail.weight.detach().any() or shp.tail.bias.detach().any())
+
+
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.LANCZOS))
+
+
+@contextlib.contextmanager
+def staged_output(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty hidden folder inside ``out_dir``; on success move everything in it into ``out_dir``
+    (sub-folders merged, files replaced one ``os.replace`` each), on any error delete it -- so a failed
+    reconstruction leaves neither partial files nor a half-updated set next to older results."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} exists and is not a folder; give an output folder with -o")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".perchead-partial-", dir=out))
+    try:
+        yield stage
+        for src in sorted(stage.rglob("*")):
+            if src.is_file():
+                dst = out / src.relative_to(stage)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, dst)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if still empty: never delete what someone else put there
+        raise
+    shutil.rmtree(stage, ignore_errors=True)
+
+
+__all__ = ["DEMO_CHECKPOINT", "PHOTO_FILES", "STAGES", "ReconstructConfig", "Reconstruction", "Reconstructor",
+           "StageTimes", "load_model", "resolve_device", "staged_output"]

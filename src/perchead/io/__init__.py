@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 from ..geometry.gaussians import Gaussians
-from .media import atomic_output, image_grid, save_grid, save_image, to_uint8, write_gif, write_video
+from .atomic import atomic_output, atomic_write_bytes, atomic_write_json, atomic_write_text
+from .media import image_grid, save_grid, save_image, to_uint8, write_gif, write_video
 from .ply import load_ply, read_ply_vertices, save_ply
 from .splat import load_splat, save_splat
 
@@ -42,7 +43,7 @@ def save_gaussians(gaussians: Gaussians, path: str | os.PathLike) -> Path:
 
 
 __all__ = [
-    "SCENE_SUFFIXES", "atomic_output", "example_head_path", "image_grid", "load_gaussians", "load_ply", "load_splat",
-    "read_ply_vertices", "save_gaussians", "save_grid", "save_image", "save_ply", "save_splat", "to_uint8",
-    "write_gif", "write_video",
+    "SCENE_SUFFIXES", "atomic_output", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
+    "example_head_path", "image_grid", "load_gaussians", "load_ply", "load_splat", "read_ply_vertices",
+    "save_gaussians", "save_grid", "save_image", "save_ply", "save_splat", "to_uint8", "write_gif", "write_video",
 ]

@@ -26,8 +26,8 @@ from ..geometry.cameras import focal_from_fov, intrinsics, orbit_viewmats, turnt
 from ..geometry.gaussians import Gaussians
 from ..render import gsplat_available, rasterize
 from . import SCENE_SUFFIXES, load_gaussians
+from .atomic import atomic_output
 from .media import (
-    atomic_output,
     check_image_path,
     check_video_path,
     image_grid,

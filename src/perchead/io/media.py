@@ -8,43 +8,16 @@ sizes, so odd sizes are padded by repeating the last row/column rather than resc
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .atomic import atomic_output
+
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".gif")
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)  # the only portable way to read it is to set it, then put it back
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path`` (same suffix, so writers pick the right format); on success
-    it replaces ``path`` in one ``os.replace``, on any error it is deleted and ``path`` is left untouched."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a directory; give a file name to write")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        # mkstemp makes the file private (0600); give it the mode a plain open() would have.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def to_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:

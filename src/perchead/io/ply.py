@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..geometry.gaussians import Gaussians
-from .media import atomic_output
+from .atomic import atomic_output
 
 # PLY scalar type names (both spellings of the spec) -> numpy kind + size.
 _PLY_TYPES = {

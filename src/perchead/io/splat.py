@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..geometry.gaussians import Gaussians
-from .media import atomic_output
+from .atomic import atomic_output
 from .ply import _require_unbatched
 
 SPLAT_DTYPE = np.dtype([("position", "<f4", 3), ("scale", "<f4", 3), ("rgba", "u1", 4), ("rot", "u1", 4)])

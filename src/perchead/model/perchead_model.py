@@ -9,14 +9,13 @@ given as ``dino=``. Loading never unpickles anything.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from perchead.geometry import Gaussians
+from perchead.io.atomic import atomic_output
 
 from .config import ModelConfig
 from .decoder import Decoder
@@ -101,10 +100,10 @@ class PercHead(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.trainable_state_dict().items()}
         meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "preset": self.config.preset}
-        with _atomic_path(directory / WEIGHTS_NAME) as tmp:
+        with atomic_output(directory / WEIGHTS_NAME) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
         config = {"format": FORMAT, "format_version": FORMAT_VERSION, **self.config.to_dict()}
-        with _atomic_path(directory / CONFIG_NAME) as tmp:
+        with atomic_output(directory / CONFIG_NAME) as tmp:
             tmp.write_text(json.dumps(config, indent=2) + "\n")
         return directory
 
@@ -152,25 +151,6 @@ class PercHead(nn.Module):
 
 
 # -- files ----------------------------------------------------------------------------------------------
-class _atomic_path:
-    """Context manager giving a temporary path in the target's folder, renamed onto the target on success."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __enter__(self) -> Path:
-        fd, name = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=self.target.parent)
-        os.close(fd)
-        self.tmp = Path(name)
-        return self.tmp
-
-    def __exit__(self, exc_type, *_) -> None:
-        if exc_type is None:
-            os.replace(self.tmp, self.target)
-        else:
-            self.tmp.unlink(missing_ok=True)
-
-
 def read_config(path: str | Path) -> ModelConfig:
     path = Path(path)
     try:

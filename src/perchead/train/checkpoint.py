@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from perchead.io.atomic import atomic_write_text
 from perchead.model import PercHead
 from perchead.model.perchead_model import CONFIG_NAME, WEIGHTS_NAME
 
@@ -82,19 +83,6 @@ def _fsync_tree(folder: Path) -> None:
             os.fsync(fh.fileno())
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(folder: str | Path, model: PercHead, train_state: dict[str, Any], keep_last: int,
                     extra_files: dict[str, str] | None = None) -> Path:
     """Write ``<folder>/step_XXXXXXXX`` atomically, point ``latest`` at it, prune old ones. Rank 0 only.
@@ -122,7 +110,7 @@ def save_checkpoint(folder: str | Path, model: PercHead, train_state: dict[str, 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _write_text_atomic(folder / LATEST_NAME, final.name + "\n")
+    atomic_write_text(folder / LATEST_NAME, final.name + "\n", fsync=True)
     prune(folder, keep_last)
     return final
 

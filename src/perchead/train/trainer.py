@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -33,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from perchead.geometry import HEAD_CAMERA_FOV_DEG, HEAD_CAMERA_RADIUS, Cameras, Gaussians
+from perchead.io.atomic import atomic_write_text
 from perchead.losses import ImageLoss, build_loss
 from perchead.model import PercHead
 from perchead.model.perchead_model import read_config
@@ -148,9 +148,7 @@ def truncate_step_log(path: Path, keep_through: int) -> int:
             continue
         if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= keep_through:
             kept.append(line)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
     return len(kept)
 
 
@@ -494,9 +492,7 @@ class Trainer:
             changed = sorted(k for k in set(old) | set(new) if k != "resume" and old.get(k) != new.get(k))
             if changed:
                 self.note(f"config differs from the run's previous {CONFIG_FILE} in {changed}; saving the new one")
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic_write_text(path, text)
 
     def _open_tensorboard(self) -> None:
         if not self.cfg.log.tensorboard:

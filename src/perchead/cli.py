@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "model-info": ("perchead.model.commands:model_info", "parameter counts and Gaussians of a preset"),
     "train": ("perchead.train.commands:train", "train a stage (reconstruct / sharpen / edit); torchrun for DDP"),
     "reconstruct": ("perchead.inference.commands:reconstruct", "photos/videos -> 3D head .ply + renders"),
+    "edit": ("perchead.edit.commands:edit", "segmentation map + text/image style -> edited 3D head .ply + renders"),
     "eval-heldout": ("perchead.eval.heldout:eval_heldout", "held-out novel/extreme-view PSNR vs a template"),
 }
 

@@ -32,13 +32,12 @@ from .common import (
     ConversionReport,
     SubjectData,
     canonical_rig,
+    canonical_view,
     convert_items,
     decode_image_bytes,
-    fit_image,
     load_views_collecting,
     split_for,
     to_uint8_rgb,
-    yaw_pitch_of,
 )
 
 # PercHead evaluates on "11 unseen Ava-256 captures" but the paper does not list them, nor does the
@@ -145,10 +144,7 @@ def _capture(root: Path, cfg: Ava256Config, report: ConversionReport) -> Subject
             K = calib[cam][0].copy()
             K[0] *= w / cfg.calibration_size[0]
             K[1] *= h / cfg.calibration_size[1]
-            img, K, _ = fit_image(img, K, cfg.max_side)
-            yaw, pitch = yaw_pitch_of(canon[i])
-            return ViewData(name=f"cam{cam}", K=K, world_to_cam=canon[i], rgb=img,
-                            extra={"yaw_deg": round(yaw, 3), "pitch_deg": round(pitch, 3)})
+            return canonical_view(f"cam{cam}", img, K, canon[i], cfg.max_side)
         return load
 
     views = load_views_collecting(f"ava_{cap_id}", [(c, loader(i, c)) for i, c in enumerate(cams)], report)

@@ -27,12 +27,11 @@ from .common import (
     ConversionReport,
     SubjectData,
     canonical_rig,
+    canonical_view,
     convert_items,
-    fit_image,
     load_views_collecting,
     split_for,
     to_uint8_rgb,
-    yaw_pitch_of,
 )
 
 
@@ -85,10 +84,7 @@ def _subject(frame_dir: Path, cfg: CafcaConfig, report: ConversionReport) -> Sub
             img = to_uint8_rgb(read_image(frame_dir / "color_image" / f"{name}.png"))
             mpath = frame_dir / "foreground_mask" / f"{name}.png"
             mask = read_image(mpath)[..., 0] if mpath.exists() else None
-            img, K, mask = fit_image(img, cams[name][0], cfg.max_side, mask)
-            yaw, pitch = yaw_pitch_of(canon[i])
-            return ViewData(name=name, K=K, world_to_cam=canon[i], rgb=img, mask=mask,
-                            extra={"yaw_deg": round(yaw, 3), "pitch_deg": round(pitch, 3)})
+            return canonical_view(name, img, cams[name][0], canon[i], cfg.max_side, mask)
         return load
 
     views = load_views_collecting(f"cafca_{sid}", [(n, loader(i, n)) for i, n in enumerate(names)], report)

@@ -157,6 +157,16 @@ def convert_items(items: Iterable[tuple[str, Callable[[ConversionReport], Subjec
     return report
 
 
+def canonical_view(name: str, rgb: np.ndarray, K: np.ndarray, world_to_cam: np.ndarray, max_side: int | None,
+                   mask: np.ndarray | None = None) -> ViewData:
+    """A converted view in the head frame: image fitted to ``max_side`` (K scaled), yaw/pitch recorded for the
+    sampler (which keeps back views out of the inputs)."""
+    rgb, K, mask = fit_image(rgb, K, max_side, mask)
+    yaw, pitch = yaw_pitch_of(world_to_cam)
+    return ViewData(name=name, K=K, world_to_cam=world_to_cam, rgb=rgb, mask=mask,
+                    extra={"yaw_deg": round(yaw, 3), "pitch_deg": round(pitch, 3)})
+
+
 def load_views_collecting(subject: str, loaders: Iterable[tuple[str, Callable[[], ViewData]]],
                           report: ConversionReport) -> list[ViewData]:
     """Build each view; a bad image skips that view (recorded in the report), not the subject."""
@@ -197,5 +207,6 @@ def decode_image_bytes(data: bytes, where: str) -> np.ndarray:
     return np.asarray(im)
 
 
-__all__ = ["ConversionReport", "SubjectData", "canonical_rig", "convert_items", "decode_image_bytes", "fit_image",
+__all__ = ["ConversionReport", "SubjectData", "canonical_rig", "canonical_view", "convert_items",
+           "decode_image_bytes", "fit_image",
            "load_views_collecting", "look_at_center", "split_for", "to_uint8_rgb", "yaw_pitch_of"]

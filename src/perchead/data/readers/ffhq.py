@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from ...geometry import HEAD_CAMERA_FOV_DEG, HEAD_CAMERA_RADIUS, input_camera
-from ..format import DatasetFormatError, ViewData, read_image
-from .common import ConversionReport, SubjectData, convert_items, fit_image, split_for, to_uint8_rgb, yaw_pitch_of
+from ..format import DatasetFormatError, read_image
+from .common import ConversionReport, SubjectData, canonical_view, convert_items, split_for, to_uint8_rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 EG3D_METRES_PER_UNIT = 2 * HEAD_CAMERA_RADIUS * math.tan(math.radians(HEAD_CAMERA_FOV_DEG / 2)) / (2.7 / 4.2647)
@@ -91,11 +91,8 @@ def _image(path: Path, rel: str, label: np.ndarray | None, cfg: FFHQConfig) -> S
         K[0, 2], K[1, 2] = w / 2, h / 2
         w2c = cam.viewmats[0].double().numpy()
         source = "standard-input-camera"
-    img, K, mask = fit_image(img, K, cfg.max_side, mask)
-    yaw, pitch = yaw_pitch_of(w2c)
     stem = Path(rel).with_suffix("").as_posix().replace("/", "_")
-    view = ViewData(name="input", K=K, world_to_cam=w2c, rgb=img, mask=mask,
-                    extra={"yaw_deg": round(yaw, 3), "pitch_deg": round(pitch, 3)})
+    view = canonical_view("input", img, K, w2c, cfg.max_side, mask)
     return SubjectData(f"ffhq_{stem}", "wild", split_for(stem, cfg.test_ids, cfg.val_ids), [view],
                        {"source": "ffhq", "image": rel, "camera": source})
 

@@ -25,12 +25,11 @@ from .common import (
     ConversionReport,
     SubjectData,
     canonical_rig,
+    canonical_view,
     convert_items,
-    fit_image,
     load_views_collecting,
     split_for,
     to_uint8_rgb,
-    yaw_pitch_of,
 )
 
 # PercHead evaluates on these NeRSemble participants (DESIGN.md section 2); they never enter training.
@@ -105,10 +104,7 @@ def _participant(root: Path, cfg: NeRSembleConfig, report: ConversionReport) -> 
             K[1] *= h / cfg.calibration_size[1]
             alpha = path.parent.parent / "alpha_map" / f"cam_{serial}.png" if kind == "image" else None
             mask = read_image(alpha)[..., 0] if alpha is not None and alpha.exists() else None
-            img, K, mask = fit_image(img, K, cfg.max_side, mask)
-            yaw, pitch = yaw_pitch_of(canon[i])
-            return ViewData(name=f"cam_{serial}", K=K, world_to_cam=canon[i], rgb=img, mask=mask,
-                            extra={"yaw_deg": round(yaw, 3), "pitch_deg": round(pitch, 3)})
+            return canonical_view(f"cam_{serial}", img, K, canon[i], cfg.max_side, mask)
         return load
 
     views = load_views_collecting(f"nersemble_{pid}", [(s, loader(i, s)) for i, s in enumerate(serials)], report)

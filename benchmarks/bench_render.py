@@ -138,9 +138,13 @@ def main() -> None:
 
     import numba
 
+    # The policy perchead sets on import (see perchead/__init__.py); cases run in fresh processes with it.
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
           f"{torch.__version__} ({torch.get_num_threads()} threads), numba {numba.__version__} "
-          f"({numba.config.NUMBA_NUM_THREADS} threads)")
+          f"({numba.config.NUMBA_NUM_THREADS} threads), load average {os.getloadavg()[0]:.1f} at start, "
+          f"OMP_WAIT_POLICY={env['OMP_WAIT_POLICY']}")
     print(f"scene: 65,536 Gaussians on the head template, camera at {args.radius} m, best of {args.repeats}")
     print()
     print("| backend | size | coverage | forward (s) | forward+backward (s) | peak memory (MB) |")
@@ -149,7 +153,8 @@ def main() -> None:
     for size in args.sizes:
         for backend in args.backends:
             out = subprocess.run([sys.executable, __file__, "--case", f"{backend}:{size}", "--repeats",
-                                  str(args.repeats), "--radius", str(args.radius)], capture_output=True, text=True)
+                                  str(args.repeats), "--radius", str(args.radius)], capture_output=True, text=True,
+                                 env=env)
             if out.returncode != 0:
                 print(f"| {backend} | {size} | failed: {out.stderr.strip().splitlines()[-1]} |||")
                 continue

@@ -169,16 +169,6 @@ def test_sharpen_without_a_starting_model_is_a_clear_error(toy_data, tmp_path):
         Trainer(cfg).run()
 
 
-def test_edit_stage_names_the_editing_issue(toy_data, tmp_path):
-    import importlib.util
-
-    if importlib.util.find_spec("perchead.edit") is not None:
-        pytest.skip("the editing package exists; its own tests cover the edit stage")
-    cfg = _config(tmp_path / "run", toy_data, stage="edit", init_from=None)
-    with pytest.raises(NotImplementedError, match="issue 8"):
-        Trainer(cfg, model=PercHead(cfg.model)).run()
-
-
 def test_bad_config_values_are_named():
     assert TrainConfig(stage="sharpen").resolved_loss_name == "sharpen"
     assert TrainConfig().resolved_loss_name == "perceptual"

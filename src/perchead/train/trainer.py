@@ -157,20 +157,11 @@ def read_step_log(path: str | Path) -> list[dict[str, Any]]:
 
 
 def _edit_generator(model: PercHead, cfg: TrainConfig) -> nn.Module:
-    """The edit stage's image -> Gaussians network, provided by the editing package (issue 8)."""
-    try:
-        from perchead.edit import training as edit_training  # type: ignore[import-not-found]
-    except ImportError as exc:
-        raise NotImplementedError(
-            "stage 'edit' trains the editing encoder (segmentation map + CLIP style -> the same decoder) of "
-            "issue 8, which this perchead does not have yet (no perchead.edit.training module); train "
-            f"'reconstruct' or 'sharpen' instead ({exc})") from exc
-    # Contract: build_edit_network(model, train_config) -> nn.Module called as
-    # net(image [B,3,S,S], mask [B,1,S,S], segmentation [B,S,S] long class ids or None) -> Gaussians [B].
-    if not hasattr(edit_training, "build_edit_network"):
-        raise NotImplementedError("perchead.edit.training has no build_edit_network(model, train_config): the "
-                                  "edit stage hook of perchead.train is not wired to it yet (issue 8)")
-    return edit_training.build_edit_network(model, cfg)
+    """The edit stage's network: net(image [B,3,S,S], mask [B,1,S,S], segmentation [B,S,S] class ids)
+    -> Gaussians [B], from the editing package (segmentation map + CLIP style -> the same decoder)."""
+    from perchead.edit.training import build_edit_network
+
+    return build_edit_network(model, cfg)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -281,6 +272,11 @@ class Trainer:
             if differs:
                 self.note(f"the architecture comes from {source} (preset '{arch.preset}'); this run's model "
                           f"options (or their defaults) differ in {sorted(differs)} and are not used")
+        if cfg.stage == "edit":
+            # An edit-stage checkpoint also holds the editing encoder, which plain PercHead refuses to load.
+            from perchead.edit.training import load_stage_model
+
+            return load_stage_model(source)
         return PercHead.from_pretrained(source)
 
     def _configure_stage(self, model: PercHead) -> tuple[list[tuple[str, nn.Parameter]], nn.Module | None]:

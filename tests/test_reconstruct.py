@@ -256,6 +256,32 @@ def test_sharpen_applies_shp_cnn(checkpoint):
     assert (a.astype(int) - b.astype(int)).min() >= 0 and (a.astype(int) - b.astype(int)).mean() > 40
 
 
+def test_sharpen_runs_at_the_trained_size(checkpoint):
+    model = PercHead.from_pretrained(checkpoint)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        model.shp_cnn.tail.weight.normal_(0.0, 0.05)  # a "trained", non-identity SHP-CNN
+    seen = []
+    model.shp_cnn.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape[-2:])))
+    s = model.config.image_size
+    native = Reconstructor(ReconstructConfig(device="cpu", size=s, sharpen=True), model=model)
+    large = Reconstructor(ReconstructConfig(device="cpu", size=2 * s, sharpen=True), model=model)
+    assert native.sharpen_size == large.sharpen_size == s
+    g = native.predict(native.preprocess(PHOTO))
+    vm = native.grid_viewmats()[:2]
+    with torch.no_grad():
+        render = native.rasterize(g, vm, s)
+        direct = model.sharpen(render.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        a, b = native.render(g, vm), large.render(g, vm)
+    # At the trained size the output is SHP-CNN's own; larger renders only ever feed it images of that size.
+    np.testing.assert_array_equal(a, (direct.clamp(0, 1) * 255).round().byte().numpy())
+    assert set(seen) == {(s, s)}
+    # ... and their correction is the upsampled one: box-downsampled back, they match the native result.
+    down = b.reshape(2, s, 2, s, 2, 3).astype(np.float64).mean(axis=(2, 4))
+    plain = Reconstructor(ReconstructConfig(device="cpu", size=s, sharpen=False), model=model).render(g, vm)
+    assert np.abs(down - a).mean() < 0.25 * np.abs(a.astype(float) - plain).mean()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without a GPU")
 def test_cuda_without_gpu(checkpoint, tmp_path, capsys):
     rc = main(["reconstruct", str(PHOTO), "-o", str(tmp_path / "out"), "--checkpoint", str(checkpoint),

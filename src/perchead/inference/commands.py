@@ -54,6 +54,7 @@ def reconstruct(
     pitch: float = 10.0,
     video: bool = True,
     sharpen: bool = True,
+    sharpen_size: int | None = None,
     allow_no_face: bool = False,
     every: int = 1,
     max_frames: int | None = None,
@@ -84,6 +85,8 @@ def reconstruct(
         pitch: turntable camera elevation in degrees.
         video: write turntable.mp4 (--no-video skips it: most of the time of a CPU run).
         sharpen: apply the checkpoint's SHP-CNN to rendered images (no effect if it has none).
+        sharpen_size: side at which SHP-CNN runs, its correction upsampled to --size (default: the model's
+            input size, at which the sharpen stage trained it).
         allow_no_face: when no face is found, use the centred square of the whole image as the crop.
         every: videos: reconstruct every N-th frame.
         max_frames: videos: reconstruct at most this many frames.
@@ -104,7 +107,7 @@ def reconstruct(
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     config = ReconstructConfig(checkpoint=checkpoint, dino=dino, device=device, size=size, frames=frames,
                                fps=fps, pitch=pitch, video=video, sharpen=sharpen,
-                               allow_no_face=allow_no_face, backend=backend)
+                               sharpen_size=sharpen_size, allow_no_face=allow_no_face, backend=backend)
     # Warnings of the preprocessing are printed below, next to the photo they concern.
     logging.getLogger("perchead.preprocess").setLevel(logging.ERROR)
     rec = Reconstructor(config)

@@ -83,6 +83,9 @@ class ReconstructConfig:
     """write turntable.mp4 (rendering it is most of the time of a CPU run)"""
     sharpen: bool = True
     """apply the checkpoint's SHP-CNN to the rendered images (no effect when it has none)"""
+    sharpen_size: int | None = None
+    """side at which SHP-CNN runs; its correction is upsampled to --size. None = the model's input size,
+    the resolution the sharpen stage trained it at"""
     allow_no_face: bool = False
     """a photo without a detected face is cropped as the centred square of the whole image"""
     crop_size: int = 512
@@ -95,6 +98,8 @@ class ReconstructConfig:
             raise ValueError(f"--size must be at least 16 pixels, got {self.size}")
         if self.frames < 1 or not self.fps > 0:
             raise ValueError(f"need --frames >= 1 and --fps > 0, got {self.frames} and {self.fps}")
+        if self.sharpen_size is not None and self.sharpen_size < 16:
+            raise ValueError(f"--sharpen-size must be at least 16 pixels, got {self.sharpen_size}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"--device must be auto, cpu or cuda, got {self.device!r}")
 
@@ -159,8 +164,7 @@ class Reconstructor:
         self.preprocess_config = PreprocessConfig(size=self.config.crop_size,
                                                   allow_no_face=self.config.allow_no_face)
         self.sharpens = self.config.sharpen and shp_cnn_changes_images(self.model)
-        size = self.config.size
-        self.K = intrinsics(focal_from_fov(HEAD_CAMERA_FOV_DEG, size), width=size, height=size)
+        self.sharpen_size = self.config.sharpen_size or self.model.config.image_size
 
     # -- stages ---------------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -207,17 +211,34 @@ class Reconstructor:
 
     def render(self, gaussians: Gaussians, viewmats: torch.Tensor) -> np.ndarray:
         """uint8 [C, S, S, 3] renders on white (sharpened by SHP-CNN when enabled and present)."""
-        size = self.config.size
         out = []
         with torch.inference_mode():
             for start in range(0, len(viewmats), RENDER_CHUNK):
                 vm = viewmats[start:start + RENDER_CHUNK].to(self.render_device)
-                Ks = self.K.to(self.render_device).expand(len(vm), 3, 3)
-                rgb = rasterize(gaussians, vm, Ks, size, size, backend=self.config.backend).rgb
+                rgb = self.rasterize(gaussians, vm, self.config.size)
                 if self.sharpens:
-                    rgb = self.model.sharpen(rgb.permute(0, 3, 1, 2).to(self.device)).permute(0, 2, 3, 1)
+                    rgb = self.sharpen(gaussians, vm, rgb)
                 out.append(to_uint8(rgb.float()))
         return np.concatenate(out)
+
+    def rasterize(self, gaussians: Gaussians, viewmats: torch.Tensor, size: int) -> torch.Tensor:
+        """[C, size, size, 3] renders on white through the standard input camera's intrinsics."""
+        K = intrinsics(focal_from_fov(HEAD_CAMERA_FOV_DEG, size), width=size, height=size)
+        Ks = K.to(viewmats).expand(len(viewmats), 3, 3)
+        return rasterize(gaussians, viewmats, Ks, size, size, backend=self.config.backend).rgb
+
+    def sharpen(self, gaussians: Gaussians, viewmats: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
+        """``rgb`` plus SHP-CNN's correction computed on a render at ``sharpen_size`` and upsampled.
+
+        The sharpen stage trains SHP-CNN on renders at the model's input size, so its 3x3 kernels correct blur
+        at that scale; on a 4x larger render they would act at a quarter of it, and cost 16x more.
+        """
+        small = rgb if rgb.shape[1] == self.sharpen_size else self.rasterize(gaussians, viewmats, self.sharpen_size)
+        small = small.permute(0, 3, 1, 2).to(self.device)
+        correction = self.model.sharpen(small) - small
+        if correction.shape[-1] != rgb.shape[1]:
+            correction = F.interpolate(correction, size=rgb.shape[1:3], mode="bilinear", align_corners=False)
+        return rgb + correction.permute(0, 2, 3, 1).to(rgb.device)
 
     def grid_viewmats(self) -> torch.Tensor:
         _, yaws, pitches = zip(*GRID_VIEWS, strict=True)
@@ -282,6 +303,7 @@ class Reconstructor:
             "preset": cfg.preset,
             "num_gaussians": len(rec.gaussians),
             "sharpened": self.sharpens,
+            "sharpen_size": self.sharpen_size if self.sharpens else None,
             "render": {"size": self.config.size, "frames": self.config.frames if rec.turntable is not None
                        else 0, "fps": self.config.fps, "pitch_deg": self.config.pitch,
                        "camera_radius_m": HEAD_CAMERA_RADIUS, "fov_deg": HEAD_CAMERA_FOV_DEG,

@@ -68,7 +68,10 @@ def bench(name: str, args, root: Path) -> list[tuple[str, dict[str, float]]]:
     from perchead.inference import ReconstructConfig, Reconstructor
 
     logging.getLogger("perchead.preprocess").setLevel(logging.ERROR)
-    ckpt, dino = build_checkpoint(name, root, trained_shp=not args.no_sharpen)
+    if args.checkpoint:  # a real checkpoint (e.g. the bundled demo): its own weights and SHP-CNN
+        ckpt, dino = args.checkpoint, None
+    else:
+        ckpt, dino = build_checkpoint(name, root, trained_shp=not args.no_sharpen)
     config = ReconstructConfig(checkpoint=str(ckpt), dino=None if dino is None else str(dino),
                                device=args.device, size=args.size, frames=args.frames,
                                video=not args.no_video, sharpen=not args.no_sharpen)
@@ -102,6 +105,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=60)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--checkpoint", default=None,
+                        help="time this checkpoint (folder, hub id or 'demo') instead of random-weight presets")
     parser.add_argument("--no-video", action="store_true")
     parser.add_argument("--no-sharpen", action="store_true", help="no SHP-CNN pass over the renders")
     parser.add_argument("--threads", type=int, default=None,
@@ -120,11 +125,12 @@ def main() -> None:
           f"({torch.get_num_threads()} torch / {numba.get_num_threads()} numba threads), "
           f"python {platform.python_version()}")
     frames = 0 if args.no_video else args.frames
+    weights = f"checkpoint {args.checkpoint}" if args.checkpoint else "random weights"
     print(f"settings: render {args.size}x{args.size}, turntable {frames} frames + 6 "
-          f"views, random weights, photo {PHOTO.name}, device {args.device}")
+          f"views, {weights}, photo {PHOTO.name}, device {args.device}")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.presets.split(","):
+        for name in [args.checkpoint] if args.checkpoint else args.presets.split(","):
             for label, row in bench(name.strip(), args, Path(tmp)):
                 results.append((name.strip(), label, row))
     load_after = os.getloadavg()

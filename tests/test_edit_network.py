@@ -9,6 +9,7 @@ from perchead.edit.training import build_edit_network
 from perchead.losses import load_clip
 from perchead.losses.testing import save_tiny_models
 from perchead.model import PercHead, preset
+from perchead.train import TrainConfig
 from perchead.train.testing import tiny_model_config
 
 
@@ -97,11 +98,10 @@ def test_validate_accepts_numpy_uint8_and_empty_map_is_refused(clip):
         net.generate(torch.zeros(128, 128, dtype=torch.long), net.style_from_text("x"))
 
 
-def test_trainer_hook_shares_decoder_and_checkpoints_round_trip(clip, clip_path, monkeypatch, tmp_path):
-    monkeypatch.setenv("PERCHEAD_CLIP", str(clip_path))
+def test_trainer_hook_shares_decoder_and_checkpoints_round_trip(clip, clip_path, tmp_path):
     torch.manual_seed(0)
     model = PercHead(tiny_model_config(56))
-    net = build_edit_network(model, None)
+    net = build_edit_network(model, TrainConfig(stage="edit", clip=str(clip_path)))
     assert net.decoder is model.decoder and net.heads is model.heads and model.edit_encoder is net.encoder
     # CLIP is frozen and outside the module tree: neither trained nor stored
     assert not any("clip" in name for name, _ in net.named_parameters())

@@ -6,6 +6,7 @@ import torch
 from perchead.data.synth import SynthConfig, generate
 from perchead.edit import EditNetwork
 from perchead.edit.training import build_edit_network, load_stage_model
+from perchead.losses.foundation import WeightsNotFoundError
 from perchead.losses.testing import save_tiny_models
 from perchead.model import PercHead
 from perchead.train import CheckpointConfig, DataConfig, LogConfig, OptimConfig, TrainConfig, Trainer
@@ -20,13 +21,12 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def test_edit_stage_trains_encoder_and_decoder_not_the_image_encoder(tmp_path, monkeypatch, one_thread):
+def test_edit_stage_trains_encoder_and_decoder_not_the_image_encoder(tmp_path, one_thread):
     clip = save_tiny_models(tmp_path / "models")["clip"]
-    monkeypatch.setenv("PERCHEAD_CLIP", str(clip))
     data = tmp_path / "synth"  # exact segmentation maps for every view
     generate(SynthConfig(subjects=3, views=3, size=32, surface_resolution=32), data, progress=False)
     cfg = TrainConfig(out=str(tmp_path / "run"), stage="edit", steps=4, device="cpu", loss_name="pixel",
-                      model=tiny_model_config(56), data=DataConfig(root=str(data), batch_size=2),
+                      clip=str(clip), model=tiny_model_config(56), data=DataConfig(root=str(data), batch_size=2),
                       optim=OptimConfig(lr=1e-3, warmup_steps=1),
                       log=LogConfig(progress=False, tensorboard=False, val_every=4, val_samples=1),
                       checkpoint=CheckpointConfig(every=4))
@@ -40,13 +40,50 @@ def test_edit_stage_trains_encoder_and_decoder_not_the_image_encoder(tmp_path, m
     assert any(k.startswith("decoder.") for k in changed) and any(k.startswith("heads.") for k in changed)
     assert not any(k.startswith("encoder.") for k in changed)  # the image encoder is not used in this stage
     assert (tmp_path / "run" / "val").is_dir()
-    # the checkpoint holds the trained editing encoder
+    # the checkpoint holds the trained editing encoder, and names the run's CLIP nowhere but train_config.json
     net = EditNetwork.from_pretrained(result.checkpoint, clip=str(clip))
     assert torch.equal(net.encoder.fuse[1].weight, model.edit_encoder.fuse[1].weight)
+    assert TrainConfig.from_dict(cfg.to_dict()).clip == str(clip)
 
-    # resume: load_stage_model keeps the trained editing encoder, and the trainer continues from step 4
-    resumed = load_stage_model(result.checkpoint)
+    # load_stage_model restores PercHead + editing encoder; build_edit_network keeps that encoder
+    resumed = load_stage_model(result.checkpoint, cfg)
     assert torch.equal(build_edit_network(resumed, cfg).encoder.fuse[1].weight, model.edit_encoder.fuse[1].weight)
+    # resume into a *fresh* PercHead handed to the trainer (no editing encoder yet): the checkpoint's is attached
     cfg.steps, cfg.resume = 6, "auto"
-    again = Trainer(cfg, model=load_stage_model(result.checkpoint)).run()
+    fresh = PercHead(cfg.model)
+    again = Trainer(cfg, model=fresh).run()
     assert again.step == 6 and again.skipped_steps == 0
+    assert not torch.equal(fresh.edit_encoder.fuse[1].weight, model.edit_encoder.fuse[1].weight)  # trained on
+    final = EditNetwork.from_pretrained(again.checkpoint, clip=str(clip))
+    assert torch.equal(final.encoder.fuse[1].weight, fresh.edit_encoder.fuse[1].weight)
+
+
+def test_clip_option_errors(tmp_path):
+    with pytest.raises(ValueError, match="edit stage only"):
+        TrainConfig(stage="reconstruct", clip="openai/clip-vit-base-patch32")
+    assert TrainConfig.from_dict({"stage": "edit"}).clip is None  # train_config.json of older runs
+    cfg = TrainConfig(stage="edit", clip=str(tmp_path / "no_clip_here"))
+    with pytest.raises(WeightsNotFoundError, match=r"does not exist.*--clip HUB_ID_OR_FOLDER"):
+        build_edit_network(PercHead(tiny_model_config(56)), cfg)
+
+
+def test_resume_with_a_clip_of_another_size_is_refused(tmp_path):
+    small = save_tiny_models(tmp_path / "a")["clip"]  # 16-d projection
+    from transformers import CLIPModel
+
+    from perchead.losses.testing import tiny_clip_config, tiny_clip_tokenizer
+
+    tok = tiny_clip_tokenizer()
+    conf = tiny_clip_config(len(tok))
+    conf.projection_dim = 24
+    CLIPModel(conf).save_pretrained(tmp_path / "b")
+    tok.save_pretrained(tmp_path / "b")
+    model = PercHead(tiny_model_config(56))
+    build_edit_network(model, TrainConfig(stage="edit", clip=str(small)))
+    model.save_pretrained(tmp_path / "ckpt")
+    with pytest.raises(ValueError, match=r"16-d CLIP embeddings.*24-d.*--clip"):
+        build_edit_network(load_stage_model(tmp_path / "ckpt"), TrainConfig(stage="edit", clip=str(tmp_path / "b")))
+    # an exported editing checkpoint keeps no image encoder: not a starting point for the trainer
+    EditNetwork.from_pretrained(tmp_path / "ckpt", clip=str(small)).save_pretrained(tmp_path / "exported")
+    with pytest.raises(ValueError, match="exported editing checkpoint"):
+        load_stage_model(tmp_path / "exported")

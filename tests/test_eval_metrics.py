@@ -289,6 +289,13 @@ def test_dlib_identity_same_face_and_no_face(dlib_metric):
     assert result.faces_not_found == {"pred": 1, "target": 1, "pairs": 2}
 
 
+def test_dlib_identity_takes_channels_first_tensors(dlib_metric):
+    # Renders arrive as [B, 3, H, W] tensors, channels-first in memory (not views of an HxWx3 array).
+    face = torch.from_numpy(data.astronaut()[:320, 60:380].copy()).permute(2, 0, 1).contiguous().float() / 255
+    result = dlib_metric(face[None], face[None])
+    assert float(result.values[0]) == pytest.approx(0.0, abs=1e-6) and result.faces_not_found["pairs"] == 0
+
+
 def test_dlib_identity_cosine_and_suite_counts():
     face = data.astronaut()[:320, 60:380]
     white = np.full_like(face, 255)

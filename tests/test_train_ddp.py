@@ -15,14 +15,7 @@ from perchead.train import CheckpointConfig, DataConfig, LogConfig, OptimConfig,
 from perchead.train.distributed import DistInfo, ShardedOrder
 from perchead.train.testing import tiny_model_config, write_toy_dataset
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: one intra-op thread is faster than two fighting over a shared, busy CPU.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

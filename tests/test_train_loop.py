@@ -28,14 +28,7 @@ from perchead.train.data import PositionDataset, collate
 from perchead.train.testing import tiny_model_config, write_toy_dataset
 from perchead.train.trainer import lr_lambda, param_groups
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: one intra-op thread is faster than two fighting over a shared, busy CPU.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

@@ -20,6 +20,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reconstruct": ("perchead.inference.commands:reconstruct", "photos/videos -> 3D head .ply + renders"),
     "edit": ("perchead.edit.commands:edit", "segmentation map + text/image style -> edited 3D head .ply + renders"),
     "eval-heldout": ("perchead.eval.heldout:eval_heldout", "held-out novel/extreme-view PSNR vs a template"),
+    "eval": ("perchead.eval.report:eval_command", "checkpoints + baselines on held-out views: CSV, tables, figures"),
+    "app": ("perchead.app.commands:app", "local web page: photo -> 3D viewer + downloads; paint a map -> edited head"),
+    "eval-edit": ("perchead.edit.evaluate:eval_edit", "editing network: held-out PSNR vs a template + disentanglement"),
 }
 
 

@@ -9,6 +9,7 @@ from .segmentation import (
     PALETTE,
     Segmentation,
     colorize,
+    grow_class,
     load_face_parser,
     load_segmentation,
     save_segmentation,
@@ -18,5 +19,5 @@ from .segmentation import (
 )
 
 __all__ = ["NUM_CLASSES", "PALETTE", "EditConfig", "EditNetwork", "SegStyleEncoder", "Segmentation", "colorize",
-           "load_edit_network", "load_face_parser", "load_segmentation", "save_segmentation", "segment_mediapipe",
-           "segment_photo", "validate_segmentation"]
+           "grow_class", "load_edit_network", "load_face_parser", "load_segmentation", "save_segmentation",
+           "segment_mediapipe", "segment_photo", "validate_segmentation"]

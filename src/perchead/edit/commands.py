@@ -4,43 +4,17 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
-import numpy as np
-import torch
 import tyro
 
 from perchead.data.format import SEG
 
 from .network import EditNetwork, load_edit_network
-from .segmentation import (
-    colorize,
-    load_face_parser,
-    load_segmentation,
-    resize_segmentation,
-    save_segmentation,
-    segment_photo,
-)
-
-EDIT_FILES = ("segmentation.png", "segmentation_color.png", "edit.json")
-
-
-def _map_preprocessed(labels: np.ndarray, source: str):
-    """A :class:`~perchead.preprocess.Preprocessed` stand-in for an edit without a photo: the coloured map is
-    the "input crop" of views.png, its foreground the mask, the standard input camera the camera."""
-    from perchead.geometry import input_camera
-    from perchead.preprocess import Preprocessed
-
-    colour = colorize(labels)
-    mask = (labels != SEG["background"]).astype(np.float32)
-    matted = np.where(mask[..., None] > 0, colour, 255).astype(np.uint8)
-    s = labels.shape[0]
-    return Preprocessed(image=matted, crop=colour, mask=mask, camera=input_camera(s), crop_box=(0.0, 0.0, s, s),
-                        face_box=None, head_box=None, detector="none (segmentation map)", num_faces=0,
-                        source=source, original_size=(s, s))
+from .pipeline import EDIT_FILES, generate_head, image_style, map_preprocessed, write_edit_files
+from .segmentation import load_face_parser, load_segmentation, resize_segmentation, segment_photo
 
 
 def edit(
@@ -73,7 +47,8 @@ def edit(
         style_image: reference image whose CLIP embedding is the style.
         style_text: text prompt whose CLIP embedding is the style (e.g. "a person with red curly hair").
         from_photo: a photo: its map (unless --seg is given) and, without --style-*, its style.
-        checkpoint: editing checkpoint folder or hub id (or an edit-stage training checkpoint), or "demo".
+        checkpoint: editing checkpoint folder or hub id (or an edit-stage training checkpoint), or "demo" (the
+            bundled one; its style encoder is a random CLIP stand-in: image styles work, text prompts do not).
         clip: CLIP hub id or folder replacing the one the checkpoint names.
         face_parser: face-parsing model (hub id or folder, e.g. jonathandinu/face-parsing) for --from; default:
             the offline MediaPipe fallback.
@@ -99,6 +74,8 @@ def edit(
         if p is not None and not p.is_file():
             raise FileNotFoundError(f"{p}: no such file")
     net = load_edit_network(checkpoint, clip=clip)
+    if net.notice:
+        print(f"note on checkpoint {checkpoint}: {net.notice}", file=sys.stderr)
     config = ReconstructConfig(checkpoint=checkpoint, device=device, size=size, frames=frames, fps=fps,
                                pitch=pitch, video=video, sharpen=sharpen, allow_no_face=allow_no_face,
                                backend=backend)
@@ -119,7 +96,7 @@ def edit(
     if not (labels != SEG["background"]).any():
         raise ValueError(f"the segmentation map ({seg_source}) is all background: nothing to build")
     if pre is None:
-        pre = _map_preprocessed(resize_segmentation(labels, config.crop_size), str(seg))
+        pre = map_preprocessed(labels, config.crop_size, str(seg))
 
     if style_text is not None:
         style, style_desc = net.style_from_text(style_text), {"text": style_text}
@@ -129,28 +106,20 @@ def edit(
             style_desc = {"image": str(style_image)}
             mask = None
         else:  # the photo's own look, matted as the network's training inputs are
-            rgb, mask = pre.crop, torch.from_numpy(pre.mask)[None, None]
+            rgb, mask = pre.crop, pre.mask
             style_desc = {"image": str(from_photo), "matted": True}
-        image = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float() / 255.0
-        style = net.style_from_image(image.to(rec.device), None if mask is None else mask.to(rec.device))
+        style = image_style(net, rgb, mask, rec.device)
 
-    with torch.inference_mode():
-        g = net.generate(torch.from_numpy(labels.astype(np.int64))[None].to(rec.device), style)[0]
-    g = g.to(rec.render_device, torch.float32)
-    g.check_finite()
+    g = generate_head(net, labels, style, rec.device, rec.render_device)
     views = rec.render(g, rec.grid_viewmats())
     turntable = rec.render(g, rec.turntable_viewmats()) if video else None
     result = Reconstruction(pre.source, pre, g.to("cpu"), views, turntable)
-    info = {"checkpoint": checkpoint, "clip": net.edit_config.clip, "segmentation": seg_source,
-            "style": style_desc, "photo": None if from_photo is None else str(from_photo)}
+    info = {"checkpoint": checkpoint, "clip": net.edit_config.clip, "notice": net.notice or None,
+            "segmentation": seg_source, "style": style_desc, "photo": None if from_photo is None else str(from_photo)}
     # One staging folder for reconstruct's files and ours: all of them appear, or none.
     with staged_output(out) as stage:
         rec.write(result, stage)
-        save_segmentation(stage / "segmentation.png", labels)
-        from PIL import Image
-
-        Image.fromarray(colorize(labels)).save(stage / "segmentation_color.png")
-        (stage / "edit.json").write_text(json.dumps(info, indent=1) + "\n")
+        write_edit_files(stage, labels, info)
     names = [f.name for f in result.files] + list(EDIT_FILES)
     print(f"{seg_source} + style {style_desc} -> {out}/ [{', '.join(names)}]", file=sys.stderr)
     return 0

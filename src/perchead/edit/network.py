@@ -7,8 +7,9 @@ updates them in place) and starts the segmentation ViT's blocks from the image V
 
 A checkpoint folder holds ``config.json`` (``"format": "perchead-edit-model"``, the model config and the
 :class:`EditConfig`) and ``model.safetensors`` (every weight and the template buffers; the frozen CLIP is
-named, not stored). ``from_pretrained`` also reads checkpoints written by ``perchead train --stage edit``:
-those are PercHead folders whose weights carry the editing encoder as ``edit_encoder.*`` (see training.py).
+named, not stored, unless the folder ships one: ``"clip": "./folder"`` is relative to the checkpoint).
+``from_pretrained`` also reads checkpoints written by ``perchead train --stage edit``: those are PercHead
+folders whose weights carry the editing encoder as ``edit_encoder.*`` (see training.py).
 """
 
 from __future__ import annotations
@@ -25,16 +26,8 @@ from perchead.io.atomic import atomic_output
 from perchead.losses import clip_image_embedding, clip_text_embedding, load_clip
 from perchead.losses.foundation import ClipModels
 from perchead.model import Decoder, GaussianHeads, HeadTemplate, ModelConfig, PercHead, ShpCnn
-from perchead.model.perchead_model import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    _resolve_checkpoint,
-    read_config,
-    read_weights,
-)
-from perchead.model.perchead_model import (
-    FORMAT as MODEL_FORMAT,
-)
+from perchead.model.perchead_model import CONFIG_NAME, WEIGHTS_NAME, checkpoint_files, read_config, read_weights
+from perchead.model.perchead_model import FORMAT as MODEL_FORMAT
 
 from .encoder import EditConfig, SegStyleEncoder
 
@@ -42,6 +35,8 @@ FORMAT = "perchead-edit-model"
 FORMAT_VERSION = 1
 TRAINER_PREFIX = "edit_encoder."
 """Where the edit training stage keeps the editing encoder inside the PercHead it checkpoints."""
+BUNDLED = "./"
+"""A checkpoint config's CLIP that starts with this is a folder inside the checkpoint (one that ships its CLIP)."""
 
 
 class EditNetwork(nn.Module):
@@ -54,6 +49,9 @@ class EditNetwork(nn.Module):
         self.config = config
         self.edit_config = edit
         self.template = template
+        self.notice = ""
+        """What users of this checkpoint must know (e.g. a stand-in CLIP); saved in config.json, shown by
+        ``perchead edit`` and written into its edit.json."""
         self.encoder = SegStyleEncoder(config, edit)
         self.decoder = decoder if decoder is not None else Decoder(config)
         self.heads = heads if heads is not None else GaussianHeads(config, template)
@@ -144,8 +142,14 @@ class EditNetwork(nn.Module):
         meta = {"format": MODEL_FORMAT, "kind": "edit", "preset": self.config.preset}
         with atomic_output(directory / WEIGHTS_NAME) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
-        config = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": self.config.to_dict(),
-                  "edit": self.edit_config.to_dict()}
+        edit = self.edit_config.to_dict()
+        clip = Path(edit["clip"])
+        if clip.is_dir() and clip.resolve().is_relative_to(directory.resolve()):
+            # A CLIP shipped inside the checkpoint folder is named relative to it: the folder can move.
+            edit["clip"] = BUNDLED + clip.resolve().relative_to(directory.resolve()).as_posix()
+        config = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": self.config.to_dict(), "edit": edit}
+        if self.notice:
+            config["notice"] = self.notice
         with atomic_output(directory / CONFIG_NAME) as tmp:
             tmp.write_text(json.dumps(config, indent=2) + "\n")
         return directory
@@ -154,19 +158,22 @@ class EditNetwork(nn.Module):
     def from_pretrained(cls, source: str | Path, clip: str | ClipModels | None = None,
                         revision: str | None = None, map_location: str | torch.device = "cpu") -> EditNetwork:
         """An editing checkpoint (folder or hub id), or an edit-stage training checkpoint.
-        ``clip``: a CLIP (hub id, folder or loaded) replacing the one the checkpoint names."""
-        config_path, weights_path = _resolve_checkpoint(source, revision)
+        ``clip``: a CLIP (hub id, folder or loaded) replacing the one the checkpoint names. A checkpoint whose
+        config names its CLIP as ``./folder`` ships it: the folder is found next to config.json."""
+        config_path, weights_path = checkpoint_files(source, revision)
         try:
             data = json.loads(Path(config_path).read_text())
         except json.JSONDecodeError as exc:
             raise ValueError(f"{config_path} is not valid JSON: {exc}") from exc
         tensors, _ = read_weights(weights_path)
+        notice = ""
         if isinstance(data, dict) and data.get("format") == FORMAT:
             if int(data.get("format_version", 0)) > FORMAT_VERSION:
                 raise ValueError(f"{config_path} has format version {data['format_version']}; this perchead "
                                  f"reads up to {FORMAT_VERSION}: upgrade perchead")
             config = ModelConfig.from_dict(data["model"])
             edit = EditConfig.from_dict(data["edit"])
+            notice = str(data.get("notice") or "")
         elif isinstance(data, dict) and data.get("format") == MODEL_FORMAT:
             config = read_config(config_path)
             tensors = _from_training_checkpoint(tensors, source)
@@ -180,7 +187,10 @@ class EditNetwork(nn.Module):
             edit = EditConfig(clip=str(clip), clip_dim=edit.clip_dim)
         elif loaded_clip is not None:
             edit = EditConfig(clip=loaded_clip.name, clip_dim=edit.clip_dim)
+        elif edit.clip.startswith(BUNDLED):
+            edit = EditConfig(clip=_bundled_clip(edit.clip, config_path, source), clip_dim=edit.clip_dim)
         net = cls(config, edit, HeadTemplate.placeholder(config.template_resolution), clip=loaded_clip)
+        net.notice = notice
         own = net.state_dict()
         missing = sorted(set(own) - set(tensors))
         unexpected = sorted(set(tensors) - set(own))
@@ -191,6 +201,19 @@ class EditNetwork(nn.Module):
                              f"another shape {wrong[:4]}: it was made for another architecture")
         net.load_state_dict(tensors)
         return net.to(map_location)
+
+
+def _bundled_clip(name: str, config_path: Path, source: str | Path) -> str:
+    """The absolute folder of a CLIP that a checkpoint ships (``./clip`` in its config)."""
+    if not Path(source).is_dir():
+        raise FileNotFoundError(f"editing checkpoint '{source}' ships its own CLIP ({name}), which is not fetched "
+                                f"file by file: download the whole repository (`huggingface-cli download {source} "
+                                "--local-dir DIR`) and load DIR, or pass clip= / --clip")
+    folder = (Path(config_path).parent / name).resolve()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"editing checkpoint {source} names its bundled CLIP {name}, but {folder} does "
+                                "not exist: the checkpoint folder is incomplete (copy it whole), or pass --clip")
+    return str(folder)
 
 
 def _from_training_checkpoint(tensors: dict[str, Tensor], source: str | Path) -> dict[str, Tensor]:

@@ -84,6 +84,29 @@ def resize_segmentation(seg: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(seg.astype(np.uint8)).resize((size, size), Image.Resampling.NEAREST))
 
 
+def grow_class(seg: np.ndarray, name: str, pixels: int, into: tuple[str, ...] = ("background",)) -> np.ndarray:
+    """A map edit: class ``name`` grown by ``pixels`` steps of 4-neighbour dilation, only over pixels of the
+    ``into`` classes (by default the background, so the face is untouched), e.g. fuller, longer hair."""
+    ids = validate_segmentation(seg).numpy().astype(np.uint8)
+    if ids.ndim != 2:
+        raise ValueError(f"grow_class edits one [H, W] map, got shape {ids.shape}")
+    for n in (name, *into):
+        if n not in SEG:
+            raise ValueError(f"unknown class {n!r}: one of {', '.join(SEGMENT_CLASSES)}")
+    if pixels < 0:
+        raise ValueError(f"pixels must be >= 0, got {pixels}")
+    grown, target = ids.copy(), np.isin(ids, [SEG[n] for n in into])
+    for _ in range(pixels):
+        region = grown == SEG[name]
+        near = region.copy()
+        near[1:] |= region[:-1]
+        near[:-1] |= region[1:]
+        near[:, 1:] |= region[:, :-1]
+        near[:, :-1] |= region[:, 1:]
+        grown[near & target] = SEG[name]
+    return grown
+
+
 # -- pictures and files ----------------------------------------------------------------------------------------
 def colorize(seg: np.ndarray | Tensor) -> np.ndarray:
     """[H, W] class ids -> uint8 [H, W, 3] in :data:`PALETTE` colours."""
@@ -343,6 +366,6 @@ def segment_photo(rgb: np.ndarray, parser: FaceParser | None = None, mask: np.nd
     return seg
 
 
-__all__ = ["MEDIAPIPE_SOURCE", "NUM_CLASSES", "PALETTE", "FaceParser", "Segmentation", "colorize", "label_mapping",
-           "load_face_parser", "load_segmentation", "resize_segmentation", "save_segmentation",
+__all__ = ["MEDIAPIPE_SOURCE", "NUM_CLASSES", "PALETTE", "FaceParser", "Segmentation", "colorize", "grow_class",
+           "label_mapping", "load_face_parser", "load_segmentation", "resize_segmentation", "save_segmentation",
            "segment_mediapipe", "segment_photo", "validate_segmentation"]

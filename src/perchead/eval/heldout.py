@@ -17,7 +17,8 @@ Images are compared at ``size`` pixels (default: the model's input size), with t
 intrinsics scaling as training (:func:`perchead.train.data.collate`). Synthetic views are taken with the
 project's standard head camera, whose "panohead" crop is its whole image (docs/evaluation.md), so the
 full target images are used. Predictions are clamped to [0, 1] before scoring (SHP-CNN's output is not
-clamped). Means are over target images; every pair of every subject counts once per target.
+clamped). Means are over target images; every pair of every subject counts once per target. The loop
+(framing, methods, scoring) is :mod:`perchead.eval.harness`, shared with ``perchead eval``.
 
     perchead eval-heldout --checkpoint src/perchead/assets/demo --data outputs/demo/data --out heldout.json
 """
@@ -25,11 +26,9 @@ clamped). Means are over target images; every pair of every subject counts once 
 from __future__ import annotations
 
 import json
-import math
 import platform
-import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,50 +36,35 @@ import torch
 import tyro
 from torch import Tensor
 
-from perchead.data.format import SubjectRecord, load_view, read_dataset
 from perchead.geometry import Gaussians
 from perchead.model import PercHead
-from perchead.render import rasterize
 
-from .metrics import psnr, ssim
-from .protocol import ProtocolConfig, describe_protocol, view_pairs, views_from_cameras
+from .harness import (
+    BASELINE,
+    SETTINGS,
+    SHARPENED_SUFFIX,
+    Case,
+    EvalConfig,
+    MeanColourTemplate,
+    ModelMethod,
+    evaluate,
+    finite_mean,
+    iter_groups,
+    mean_colour_gaussians,
+    mean_foreground_colour,
+)
+from .metrics import MetricSuite
+from .protocol import describe_protocol
 
-METHODS: tuple[str, ...] = ("template_mean_colour", "model", "model_sharpened")
-SETTINGS: tuple[str, ...] = ("novel", "extreme")
-BASELINE = "template_mean_colour"
-
-
-@dataclass
-class HeldoutConfig:
-    """What is evaluated and how (written into the result JSON)."""
-
-    split: str = "test"
-    """dataset split holding the held-out subjects"""
-    size: int | None = None
-    """side of the compared images in pixels; None = the model's input size"""
-    baseline_opacity: float = 0.9
-    """opacity of every Gaussian of the mean-colour template baseline"""
-    baseline_scale: float = 0.5
-    """baseline Gaussian standard deviation as a fraction of the template's point spacing"""
-    max_subjects: int | None = None
-    """evaluate only the first N studio subjects of the split (None: all)"""
-    backend: str = "auto"
-    """rasterizer backend (auto / cpu / gsplat / reference)"""
-    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.baseline_opacity < 1.0:
-            raise ValueError(f"baseline_opacity must be in (0, 1), got {self.baseline_opacity}")
-        if self.baseline_scale <= 0:
-            raise ValueError(f"baseline_scale must be > 0, got {self.baseline_scale}")
-        if self.size is not None and self.size < 8:
-            raise ValueError(f"size must be at least 8 pixels, got {self.size}")
+METHODS: tuple[str, ...] = (BASELINE, "model", "model" + SHARPENED_SUFFIX)
+HeldoutConfig = EvalConfig  # the options of `perchead eval-heldout` (the shared evaluation settings)
 
 
 @dataclass
 class HeldoutResult:
     rows: list[dict[str, Any]]
-    """one per (subject, pair, target, method): subject, setting, group, input, target, method, psnr, ssim"""
+    """one per (subject, pair, target, method): subject, setting, group, input, target, their yaw/pitch,
+    method, psnr, ssim"""
     summary: list[dict[str, Any]]
     """one per (group, method): group (novel / extreme / each extreme direction), images, subjects, psnr, ssim"""
     checks: dict[str, Any]
@@ -91,166 +75,100 @@ class HeldoutResult:
 
 
 # -- the baseline -------------------------------------------------------------------------------------------
-def mean_foreground_colour(image: Tensor, mask: Tensor) -> Tensor:
-    """[B, 3] mask-weighted mean RGB of ``image`` [B, 3, H, W] under ``mask`` [B, 1, H, W]."""
-    weights = mask.clamp(0, 1)
-    total = weights.sum(dim=(-2, -1))
-    if bool((total <= 0).any()):
-        raise ValueError("an input mask is empty: the mean foreground colour is undefined")
-    return (image * weights).sum(dim=(-2, -1)) / total
-
-
 def mean_colour_template(model: PercHead, image: Tensor, mask: Tensor, opacity: float = 0.9,
                          scale: float = 0.5) -> Gaussians:
-    """The baseline Gaussians [B, N]: the model's template points, isotropic standard deviation
-    ``scale`` x point spacing, identity rotation, opacity ``opacity``, colour = the input's mean foreground
-    colour."""
-    anchors, _ = model.template.points()
-    b, n = image.shape[0], anchors.shape[0]
-    sigma = scale * model.template.point_spacing()
-    if not sigma > 0:
-        raise ValueError("the model's template has no point spacing (all points coincide?)")
-    means = anchors[None].expand(b, n, 3)
-    scales = torch.full((b, n, 3), sigma, dtype=anchors.dtype, device=anchors.device)
-    quats = torch.zeros(b, n, 4, dtype=anchors.dtype, device=anchors.device)
-    quats[..., 0] = 1.0
-    opacities = torch.full((b, n), opacity, dtype=anchors.dtype, device=anchors.device)
-    rgb = mean_foreground_colour(image, mask)[:, None, :].expand(b, n, 3)
-    return Gaussians.from_activated(means, scales, quats, opacities, rgb)
+    """The baseline Gaussians [B, N] on the model's own template (see
+    :func:`perchead.eval.harness.mean_colour_gaussians`)."""
+    return mean_colour_gaussians(model.template, image, mask, opacity, scale)
 
 
-# -- evaluation ---------------------------------------------------------------------------------------------
-def _sample(subject: SubjectRecord, indices: Sequence[int], cache: dict[int, tuple[Tensor, Tensor]]) -> dict:
-    """A sampler-style sample (view 0 = input), composited over white like HeadViewsDataset's."""
-    images, masks = [], []
-    for i in indices:
-        if i not in cache:
-            lv = load_view(subject.views[i])
-            cache[i] = (lv.image * lv.mask + (1.0 - lv.mask), lv.mask)
-        images.append(cache[i][0])
-        masks.append(cache[i][1])
-    views = [subject.views[i] for i in indices]
-    return {"images": torch.stack(images), "masks": torch.stack(masks),
-            "viewmats": torch.stack([v.world_to_cam for v in views]), "Ks": torch.stack([v.K for v in views]),
-            "subject": subject.id}
+def _methods(model: PercHead, config: EvalConfig, source: str = "") -> list:
+    return [MeanColourTemplate(model.template, model.config.image_size, config.baseline_opacity,
+                               config.baseline_scale),
+            ModelMethod("model", model, sharpened=True, source=source)]
 
 
 @torch.no_grad()
 def predict(model: PercHead, image: Tensor, mask: Tensor, viewmats: Tensor, Ks: Tensor, size: int,
-            config: HeldoutConfig) -> dict[str, Tensor]:
+            config: EvalConfig, input_camera: tuple[Tensor, Tensor] | None = None) -> dict[str, Tensor]:
     """Renders [B, C, 3, size, size] in [0, 1] of every method for inputs [B, ...] and cameras [B, C, ...]."""
-    def render(g: Gaussians) -> Tensor:
-        rgb = rasterize(g.to(torch.float32), viewmats, Ks, size, size, backend=config.backend).rgb
-        return rgb.permute(0, 1, 4, 2, 3)  # [B, C, 3, R, R]
-
-    baseline = render(mean_colour_template(model, image, mask, config.baseline_opacity, config.baseline_scale))
-    raw = render(model(image, mask))
-    b, c = raw.shape[:2]
-    sharp = model.sharpen(raw.flatten(0, 1)).unflatten(0, (b, c))
-    return {"template_mean_colour": baseline.clamp(0, 1), "model": raw.clamp(0, 1),
-            "model_sharpened": sharp.clamp(0, 1)}
+    out: dict[str, Tensor] = {}
+    for method in _methods(model, config):
+        out.update(method.render(image, mask, viewmats, Ks, size, config.backend, input_camera))
+    return out
 
 
-def _group(setting: str) -> str:
-    return "novel" if setting == "novel" else "extreme"
-
-
-def evaluate_heldout(checkpoint: str | Path | PercHead, data: str | Path, config: HeldoutConfig | None = None,
+# -- evaluation ---------------------------------------------------------------------------------------------
+def evaluate_heldout(checkpoint: str | Path | PercHead, data: str | Path, config: EvalConfig | None = None,
                      progress: bool = False, figure: str | Path | None = None) -> HeldoutResult:
     """Score the model and the mean-colour template on the held-out subjects (see the module docstring).
 
     ``figure``: also save a PNG grid with one row per (subject, setting) of the first subjects: input,
     target, baseline, model, sharpened (for the first target of each pair).
     """
-    from perchead.train.data import collate
-
-    cfg = config or HeldoutConfig()
-    t_start = time.perf_counter()
-    model = checkpoint if isinstance(checkpoint, PercHead) else PercHead.from_pretrained(checkpoint)
+    cfg = config or EvalConfig()
+    in_memory = isinstance(checkpoint, PercHead)
+    model = checkpoint if in_memory else PercHead.from_pretrained(checkpoint)
     model = model.eval()
-    size = cfg.size or model.config.image_size
-    dataset = read_dataset(data)
-    split = dataset.split(cfg.split)
-    subjects = [s for s in split if s.kind == "studio" and len(s.views) >= 2]
-    if not subjects:
-        raise ValueError(f"dataset {dataset.root} has no multi-view (studio) subject in split '{cfg.split}': "
-                         "held-out novel/extreme views need several cameras per subject")
-    if cfg.max_subjects is not None:
-        subjects = subjects[: cfg.max_subjects]
-    rows: list[dict[str, Any]] = []
-    figure_cells: list[Tensor] = []
-    figure_labels: list[str] = []
-    without: dict[str, list[str]] = {s: [] for s in SETTINGS}
-    for n, subject in enumerate(subjects):
-        names = [v.name for v in subject.views]
-        index = {name: i for i, name in enumerate(names)}
-        views = views_from_cameras(names, torch.stack([v.world_to_cam for v in subject.views]))
-        cache: dict[int, tuple[Tensor, Tensor]] = {}
-        for setting in SETTINGS:
-            pairs = view_pairs(views, setting, cfg.protocol)  # type: ignore[arg-type]
-            if not pairs:
-                without[setting].append(subject.id)
-            for pair in pairs:
-                indices = [index[pair.input.name]] + [index[t.name] for t in pair.targets]
-                batch = collate([_sample(subject, indices, cache)], model.config.image_size, size)
-                targets = batch.targets[:, 1:]  # view 0 of the batch is the input
-                preds = predict(model, batch.input_image, batch.input_mask, batch.viewmats[:, 1:],
-                                batch.Ks[:, 1:], size, cfg)
-                for method, pred in preds.items():
-                    p = psnr(pred[0], targets[0])
-                    s = ssim(pred[0], targets[0])
-                    for t, pv, sv in zip(pair.targets, p.tolist(), s.tolist(), strict=True):
-                        rows.append({"subject": subject.id, "setting": pair.setting, "group": _group(pair.setting),
-                                     "input": pair.input.name, "input_yaw_deg": round(pair.input.yaw_deg, 2),
-                                     "target": t.name, "target_yaw_deg": round(t.yaw_deg, 2),
-                                     "method": method, "psnr": pv, "ssim": sv})
-                if figure is not None and n < 4:
-                    inp = torch.nn.functional.interpolate(batch.input_image, size=(size, size), mode="bilinear",
-                                                          antialias=True, align_corners=False)[0]
-                    figure_cells += [inp, targets[0, 0]] + [preds[m][0, 0] for m in METHODS]
-                    figure_labels += [f"{subject.id[-8:]} {pair.setting[:12]}", f"target {pair.targets[0].name}",
-                                      "mean-colour template", "model", "model + SHP-CNN"]
-        if progress:
-            print(f"eval-heldout: {n + 1}/{len(subjects)} subjects ({time.perf_counter() - t_start:.0f} s)",
-                  flush=True)
-    if figure is not None and figure_cells:
+    cells: list[Tensor] = []
+    labels: list[str] = []
+
+    def collect(case: Case) -> None:
+        if case.index < 4:
+            cells.extend([case.input, case.targets[0]] + [case.renders[m][0] for m in METHODS])
+            labels.extend([f"{case.subject[-8:]} {case.pair.setting[:12]}", f"target {case.pair.targets[0].name}",
+                           "mean-colour template", "model", "model + SHP-CNN"])
+
+    methods = _methods(model, cfg, "" if in_memory else str(checkpoint))
+    suite = MetricSuite(["psnr", "ssim"])
+    run = evaluate(methods, data, cfg, suite, progress, collect if figure is not None else None, "eval-heldout")
+    if figure is not None and cells:
         from perchead.io.media import save_grid
 
-        save_grid([c.clamp(0, 1).permute(1, 2, 0) for c in figure_cells], figure, 2 + len(METHODS), figure_labels)
+        save_grid([c.clamp(0, 1).permute(1, 2, 0) for c in cells], figure, 2 + len(METHODS), labels)
+    rows = suite.rows
     summary = summarise(rows)
     info = {
-        "checkpoint": str(checkpoint) if not isinstance(checkpoint, PercHead) else "<in-memory model>",
-        "model_preset": model.config.preset, "data": str(dataset.root), "split": cfg.split,
-        "subjects": len(subjects), "image_size": size, "config": _jsonable(asdict(cfg)),
+        "checkpoint": "<in-memory model>" if in_memory else str(checkpoint),
+        "model_preset": model.config.preset, "data": str(run.data), "split": cfg.split,
+        "subjects": len(run.subjects), "image_size": run.size, "config": _jsonable(asdict(cfg)),
         "protocol": _jsonable(describe_protocol(cfg.protocol)),
-        "subjects_without_pairs": without,
-        "baseline": (f"Gaussians at the model's {model.template.num_points} template points, isotropic "
-                     f"std {cfg.baseline_scale} x point spacing ({model.template.point_spacing():.5f} m), "
-                     f"identity rotation, opacity {cfg.baseline_opacity}, colour = mask-weighted mean RGB of "
-                     "the input image"),
+        "subjects_without_pairs": run.without_pairs,
+        "baseline": methods[0].description,
         "metrics": "psnr (dB, data range 1, unmasked) and ssim (Gaussian 11x11, sigma 1.5), on white; "
                    "mean over target images",
-        "seconds": round(time.perf_counter() - t_start, 1),
-        "machine": f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__}, "
-                   f"{torch.get_num_threads()} threads".strip(),
+        "seconds": round(run.seconds, 1),
+        "machine": machine(),
     }
     return HeldoutResult(rows, summary, checks(summary), info)
+
+
+def machine() -> str:
+    """CPU (model and cores where Linux says), torch version and threads, ending in "torch X, N threads"."""
+    import os
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return f"{cpu} ({os.cpu_count()} cores), torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Means per (group, method) for the groups novel, extreme, and each extreme direction."""
     out = []
-    settings = sorted({r["setting"] for r in rows if r["group"] == "extreme"})
-    for group in ("novel", "extreme", *settings):
+    for group in iter_groups(rows):
         for method in METHODS:
             sel = [r for r in rows if r["method"] == method and (r["group"] == group or r["setting"] == group)]
             if not sel:
                 continue
-            finite = [r["psnr"] for r in sel if math.isfinite(r["psnr"])]
+            psnrs = [r["psnr"] for r in sel]
             out.append({"group": group, "method": method, "images": len(sel),
                         "subjects": len({r["subject"] for r in sel}),
-                        "psnr": sum(finite) / len(finite) if finite else float("nan"),
-                        "psnr_infinite": len(sel) - len(finite),
+                        "psnr": finite_mean(psnrs), "psnr_infinite": sum(1 for v in psnrs if v == float("inf")),
                         "ssim": sum(r["ssim"] for r in sel) / len(sel)})
     return out
 
@@ -306,7 +224,7 @@ def eval_heldout(
     data: Annotated[Path, tyro.conf.arg(help="dataset folder in perchead's format, e.g. from `perchead synth`")],
     out: Annotated[Path | None, tyro.conf.arg(help="write the summary, checks and per-image rows as JSON")] = None,
     figure: Annotated[Path | None, tyro.conf.arg(help="save a PNG grid of examples")] = None,
-    config: Annotated[HeldoutConfig, tyro.conf.arg(name="")] = HeldoutConfig(),  # noqa: B008 -- tyro default
+    config: Annotated[EvalConfig, tyro.conf.arg(name="")] = EvalConfig(),  # noqa: B008 -- tyro default
 ) -> int:
     """Evaluate a checkpoint on held-out synthetic subjects (novel and extreme views) against the template
     painted with the input's mean colour; prints a table, optionally writes JSON. Exits 0 whatever the
@@ -323,5 +241,5 @@ def eval_heldout(
 
 
 __all__ = ["BASELINE", "METHODS", "SETTINGS", "HeldoutConfig", "HeldoutResult", "checks", "eval_heldout",
-           "evaluate_heldout", "format_table", "mean_colour_template", "mean_foreground_colour", "predict",
-           "summarise"]
+           "evaluate_heldout", "format_table", "machine", "mean_colour_template", "mean_foreground_colour",
+           "predict", "summarise"]

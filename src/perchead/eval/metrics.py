@@ -297,8 +297,10 @@ def default_insightface_root() -> Path:
 
 
 def _to_uint8(image: torch.Tensor) -> np.ndarray:
-    """[3, H, W] float [0,1] -> HxWx3 uint8 RGB (what face detectors take)."""
-    return (image.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
+    """[3, H, W] float [0,1] -> C-contiguous HxWx3 uint8 RGB (what face detectors and dlib's descriptor take;
+    a channels-first tensor would otherwise give a strided view that dlib refuses)."""
+    rgb = (image.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
+    return np.ascontiguousarray(rgb)
 
 
 class IdentityMetric(Metric):

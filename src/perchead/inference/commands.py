@@ -112,7 +112,8 @@ def reconstruct(
     logging.getLogger("perchead.preprocess").setLevel(logging.ERROR)
     rec = Reconstructor(config)
     cfg = rec.model.config
-    print(f"loaded {checkpoint} ({cfg.preset} preset, {cfg.num_gaussians:,} Gaussians) "
+    count = f"{cfg.num_gaussians:,} Gaussians" if cfg.decoder == "template" else f"{cfg.decoder} decoder"
+    print(f"loaded {checkpoint} ({cfg.preset} preset, {count}) "
           f"on {rec.device} in {rec.times.load:.2f} s", file=sys.stderr)
 
     def one(path: Path, target: Path, say) -> bool:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 PRESETS = ("paper", "base", "small", "tiny")
 
@@ -66,6 +67,10 @@ class ModelConfig:
     """The template is a RxR UV position map; R^2 Gaussians, (R/4)^2 tokens of 4x4 points."""
     fourier_freqs: int = 6
     # -- decoder ----------------------------------------------------------------------------------------
+    decoder: Literal["template", "lifting"] = "template"
+    """template: PercHead's template tokens cross-attending to the image (the paper); lifting: the 2D-lifting
+    baseline (GAGAvatar/LAM style, perchead.model.lifting): self-attention over the image's patch tokens,
+    Gaussians placed along the input camera's pixel rays"""
     width: int = 1024
     heads: int = 16
     layers: int = 10
@@ -83,6 +88,9 @@ class ModelConfig:
     scale_max: float = 0.05
     """Clamp range of Gaussian standard deviations (metres)."""
     opacity_init: float = 0.1
+    lifting_depth: float = 0.5
+    """lifting decoder only: largest depth offset of a Gaussian from the head centre along its pixel's ray, as
+    a fraction of the head size (the 3D offset off the ray is bounded by s_max)"""
     # -- SHP-CNN ----------------------------------------------------------------------------------------
     shp_cnn: bool = True
     shp_channels: int = 32
@@ -101,6 +109,10 @@ class ModelConfig:
             problems.append("a DINOv2 branch needs at least one layer in dino_layers")
         if not 0.0 < self.s_max < 1.0 or self.s_init <= 0:
             problems.append(f"s_max {self.s_max} must be in (0, 1) and s_init {self.s_init} > 0")
+        if self.decoder not in ("template", "lifting"):
+            problems.append(f"decoder {self.decoder!r} is not 'template' or 'lifting'")
+        if self.lifting_depth <= 0:
+            problems.append(f"lifting_depth {self.lifting_depth} must be > 0")
         if not 0.0 < self.opacity_init < 1.0:
             problems.append(f"opacity_init {self.opacity_init} must be in (0, 1)")
         if problems:
@@ -113,8 +125,24 @@ class ModelConfig:
         return -(-self.image_size // self.patch_size)
 
     @property
+    def patch_padding(self) -> tuple[int, int]:
+        """Background pixels added before and after the input (each axis) to reach whole patches."""
+        pad = self.patch_grid * self.patch_size - self.image_size
+        return pad // 2, pad - pad // 2
+
+    @property
     def num_gaussians(self) -> int:
+        """Gaussians per head of the template decoder (the lifting decoder: lifting_subdivision^2 per
+        foreground patch, see there)."""
         return self.template_resolution**2
+
+    @property
+    def lifting_subdivision(self) -> int:
+        """Lifting decoder: Gaussians per patch side (k x k per foreground patch), chosen so that a head covering
+        half of the patch grid (a 1.65x head crop: 45-55% of the patches of the synthetic test inputs) gets
+        about the template's Gaussian count: k = round(sqrt(2 x Gaussians / patches)); tiny 9, small and
+        paper 10."""
+        return max(1, round(math.sqrt(2 * self.num_gaussians / self.patch_grid**2)))
 
     @property
     def num_tokens(self) -> int:

@@ -170,8 +170,7 @@ class ImageEncoder(nn.Module):
             raise ValueError(f"mask must be [B, 1, {s}, {s}] or [B, {s}, {s}]; got {tuple(mask.shape)}")
         mask = mask.to(image.dtype)
         image = image * mask + cfg.background * (1.0 - mask)
-        pad = cfg.patch_grid * cfg.patch_size - s
-        lo, hi = pad // 2, pad - pad // 2
+        lo, hi = cfg.patch_padding
         image = F.pad(image, (lo, hi, lo, hi), value=cfg.background)
         mask = F.pad(mask, (lo, hi, lo, hi), value=0.0)
         fg = F.max_pool2d((mask > cfg.fg_threshold).to(image.dtype), cfg.patch_size).flatten(1) > 0

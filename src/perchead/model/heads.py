@@ -23,7 +23,28 @@ from .config import ModelConfig
 from .layers import init_linear
 from .template import TOKEN_SIDE, HeadTemplate
 
-_SPLIT = (3, 3, 4, 1, 3)  # position, scale, rotation, opacity, colour
+# Per-Gaussian numbers after the position ones (shared with the lifting decoder, perchead.model.lifting).
+APPEARANCE = (3, 4, 1, 3)  # scale, rotation, opacity, colour
+_SPLIT = (3, *APPEARANCE)  # position offset from the template point, then the appearance
+
+
+def appearance_bias(cfg: ModelConfig, spacing: float) -> Tensor:
+    """Output bias of the appearance numbers: scale = ``scale_init`` x ``spacing`` (clamped), identity
+    rotation, opacity ``opacity_init``, grey colour."""
+    init_scale = min(max(cfg.scale_init * (spacing or 1e-3), cfg.scale_min), cfg.scale_max)
+    bias = torch.zeros(sum(APPEARANCE))
+    bias[0:3] = math.log(init_scale)
+    bias[3] = 1.0  # quaternion w
+    bias[7] = math.log(cfg.opacity_init / (1.0 - cfg.opacity_init))
+    return bias
+
+
+def activate_appearance(raw: Tensor, cfg: ModelConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Raw appearance numbers [..., 11] -> (log_scales, unit quaternions wxyz, opacity logits, SH DC)."""
+    d_scale, d_rot, d_opa, d_rgb = raw.split(APPEARANCE, dim=-1)
+    log_scales = d_scale.clamp(math.log(cfg.scale_min), math.log(cfg.scale_max))
+    return (log_scales, F.normalize(d_rot, dim=-1), d_opa.squeeze(-1),
+            rgb_to_sh_dc(torch.sigmoid(d_rgb)).unsqueeze(-2))
 
 
 class GaussianHeads(nn.Module):
@@ -37,14 +58,8 @@ class GaussianHeads(nn.Module):
         self.apply(init_linear)
         # The offset bound in metres depends on the template; a buffer so a checkpoint keeps its own.
         self.register_buffer("s_max_m", torch.tensor(cfg.s_max * template.head_size()))
-        spacing = template.point_spacing() or 1e-3
-        init_scale = min(max(cfg.scale_init * spacing, cfg.scale_min), cfg.scale_max)
         with torch.no_grad():
-            bias = torch.zeros(sum(_SPLIT))
-            bias[3:6] = math.log(init_scale)
-            bias[6] = 1.0  # quaternion w
-            bias[10] = math.log(cfg.opacity_init / (1.0 - cfg.opacity_init))
-            self.out.bias.copy_(bias)
+            self.out.bias.copy_(torch.cat([torch.zeros(3), appearance_bias(cfg, template.point_spacing())]))
 
     def latents(self, features: Tensor, token_grid: int) -> Tensor:
         """[B, T, W] token features -> [B, R*R, C] per-Gaussian latents (row-major over the point grid)."""
@@ -55,10 +70,7 @@ class GaussianHeads(nn.Module):
     def forward(self, features: Tensor, template: HeadTemplate) -> Gaussians:
         cfg = self.cfg
         raw = self.out(self.latents(features, template.token_grid))
-        d_pos, d_scale, d_rot, d_opa, d_rgb = raw.split(_SPLIT, dim=-1)
+        d_pos, appearance = raw.split((3, sum(APPEARANCE)), dim=-1)
         anchors, _ = template.points()
         means = anchors + torch.tanh(d_pos * cfg.s_init) * self.s_max_m
-        log_scales = d_scale.clamp(math.log(cfg.scale_min), math.log(cfg.scale_max))
-        quats = F.normalize(d_rot, dim=-1)
-        rgb = torch.sigmoid(d_rgb)
-        return Gaussians(means, log_scales, quats, d_opa.squeeze(-1), rgb_to_sh_dc(rgb).unsqueeze(-2))
+        return Gaussians(means, *activate_appearance(appearance, cfg))

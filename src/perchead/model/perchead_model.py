@@ -48,24 +48,45 @@ class PercHead(nn.Module):
         self.config = config
         self.template = template
         self.encoder = ImageEncoder(config, dino)
-        self.decoder = Decoder(config)
-        self.heads = GaussianHeads(config, template)
+        if config.decoder == "lifting":  # the 2D-lifting baseline (perchead.model.lifting)
+            from .lifting import LiftingDecoder, LiftingHeads
+
+            self.decoder: nn.Module = LiftingDecoder(config)
+            self.heads: nn.Module = LiftingHeads(config, template)
+        else:
+            self.decoder = Decoder(config)
+            self.heads = GaussianHeads(config, template)
         self.shp_cnn = ShpCnn(config.shp_channels, config.shp_blocks) if config.shp_cnn else None
 
     # -- inference ----------------------------------------------------------------------------------------
-    def forward(self, image: Tensor, mask: Tensor) -> Gaussians:
+    def forward(self, image: Tensor, mask: Tensor, camera: tuple[Tensor, Tensor] | None = None) -> Gaussians:
         """image [B, 3, S, S] RGB in [0, 1], mask [B, 1, S, S] (or [B, S, S]) foreground in [0, 1]
-        -> Gaussians with batch shape [B] and ``config.num_gaussians`` per head."""
-        return self.decode(self.encode(image, mask))
+        -> Gaussians with batch shape [B] and ``config.num_gaussians`` per head.
+
+        ``camera``: the input view's (world-to-camera [B, 4, 4], intrinsics [B, 3, 3] in input-crop pixels).
+        Only the lifting decoder uses it (default: the standard input camera); the template decoder infers
+        the head's pose from the image and ignores it."""
+        return self.decode(self.encode(image, mask), camera=camera)
 
     def encode(self, image: Tensor, mask: Tensor) -> ImageTokens:
         return self.encoder(image, mask)
 
     def initial_tokens(self) -> Tensor:
         """[T, width] template token embeddings (the decoder's input before any image information)."""
+        if self.config.decoder != "template":
+            raise ValueError(f"a '{self.config.decoder}' decoder has no template tokens")
         return self.decoder.embed(self.template)
 
-    def decode(self, image_tokens: ImageTokens, initial_tokens: Tensor | None = None) -> Gaussians:
+    def decode(self, image_tokens: ImageTokens, initial_tokens: Tensor | None = None,
+               camera: tuple[Tensor, Tensor] | None = None) -> Gaussians:
+        if self.config.decoder == "lifting":
+            from .lifting import resolve_cameras
+
+            if initial_tokens is not None:
+                raise ValueError("the lifting decoder has no template tokens: initial_tokens must be None")
+            viewmats, Ks = resolve_cameras(self.config, camera, image_tokens.tokens.shape[0],
+                                           image_tokens.tokens.device)
+            return self.heads(self.decoder(image_tokens), image_tokens, viewmats, Ks)
         tokens = self.initial_tokens() if initial_tokens is None else initial_tokens
         features = self.decoder(image_tokens.tokens, image_tokens.valid, tokens)
         return self.heads(features, self.template)
@@ -115,7 +136,7 @@ class PercHead(nn.Module):
         ``dino``: a hub id or folder that replaces the DINOv2 named in the config (e.g. your local copy),
         or an already-loaded DINOv2 module.
         """
-        config_path, weights_path = _resolve_checkpoint(source, revision)
+        config_path, weights_path = checkpoint_files(source, revision)
         config = read_config(config_path)
         dino_module = dino if isinstance(dino, nn.Module) else None
         if dino is not None and config.dino is None:
@@ -186,7 +207,9 @@ def read_weights(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     return tensors, meta
 
 
-def _resolve_checkpoint(source: str | Path, revision: str | None) -> tuple[Path, Path]:
+def checkpoint_files(source: str | Path, revision: str | None = None) -> tuple[Path, Path]:
+    """(config.json, model.safetensors) of a checkpoint folder, or of a hub id (``owner/name``, fetched into
+    the Hugging Face cache). The weights file of a folder may be missing: its reader says so."""
     path = Path(source)
     if path.is_dir():
         config_path = path / CONFIG_NAME

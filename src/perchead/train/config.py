@@ -117,6 +117,9 @@ class TrainConfig:
     (required by the sharpen and edit stages)"""
     loss_name: str | None = None
     """one of the losses in perchead.losses.LOSS_NAMES; None = the stage's default (perceptual / sharpen)"""
+    clip: str | None = None
+    """edit stage only: the frozen CLIP whose embeddings are the style, a hub id or a local folder; None =
+    openai/clip-vit-base-patch32 (the editing checkpoints of the run name it)"""
     render_backend: Literal["auto", "cpu", "gsplat", "reference"] = "auto"
     model: ModelChoice = field(default_factory=lambda: preset("tiny"))
     """network architecture: a preset (model:tiny, model:small, model:base, model:paper) plus overrides"""
@@ -132,6 +135,8 @@ class TrainConfig:
             problems.append(f"stage {self.stage!r} is not one of {', '.join(STAGES)}")
         if self.steps < 1:
             problems.append(f"steps must be >= 1, got {self.steps}")
+        if self.clip is not None and self.stage != "edit":
+            problems.append(f"clip is used by the edit stage only (this run is stage '{self.stage}')")
         if self.loss_name is not None and self.loss_name not in LOSS_NAMES:
             problems.append(f"loss_name {self.loss_name!r} is not one of {', '.join(LOSS_NAMES)}")
         if self.data.batch_size < 1:

@@ -35,6 +35,7 @@ from perchead.geometry import HEAD_CAMERA_FOV_DEG, HEAD_CAMERA_RADIUS, Cameras, 
 from perchead.io.atomic import atomic_write_text
 from perchead.losses import ImageLoss, build_loss
 from perchead.model import PercHead
+from perchead.model.lifting import batch_input_camera
 from perchead.model.perchead_model import read_config
 from perchead.render import rasterize
 
@@ -71,10 +72,15 @@ class TrainStep(nn.Module):
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def gaussians(self, image: Tensor, mask: Tensor, segmentation: Tensor | None = None) -> Gaussians:
+    def gaussians(self, image: Tensor, mask: Tensor, segmentation: Tensor | None = None,
+                  camera: tuple[Tensor, Tensor] | None = None) -> Gaussians:
         with self.autocast(image.device):
-            # The editing network (issue 8) also reads the input's segmentation map.
-            g = self.generator(image, mask, segmentation) if self.stage == "edit" else self.generator(image, mask)
+            # The editing network (issue 8) also reads the input's segmentation map; the lifting decoder
+            # (perchead.model.lifting) the input camera.
+            if self.stage == "edit":
+                g = self.generator(image, mask, segmentation)
+            else:
+                g = self.generator(image, mask) if camera is None else self.generator(image, mask, camera=camera)
         # The rasterizers work in float32 whatever autocast produced.
         return g.to(torch.float32)
 
@@ -88,23 +94,25 @@ class TrainStep(nn.Module):
         return rgb
 
     def predict(self, image: Tensor, mask: Tensor, viewmats: Tensor, Ks: Tensor, size: int,
-                segmentation: Tensor | None = None) -> Tensor:
+                segmentation: Tensor | None = None, camera: tuple[Tensor, Tensor] | None = None) -> Tensor:
         if self.stage == "sharpen":
             # The 3D part is frozen: no graph through the network and the rasterizer, only through SHP-CNN.
             with torch.no_grad():
-                g = self.gaussians(image, mask)
+                g = self.gaussians(image, mask, camera=camera)
                 raw = rasterize(g, viewmats, Ks, size, size, backend=self.backend).rgb.permute(0, 1, 4, 2, 3)
             b, v = raw.shape[:2]
             return self.model.sharpen(raw.flatten(0, 1)).unflatten(0, (b, v))
-        return self.render(self.gaussians(image, mask, segmentation), viewmats, Ks, size)
+        return self.render(self.gaussians(image, mask, segmentation, camera), viewmats, Ks, size)
 
     def forward(self, input_image: Tensor, input_mask: Tensor, viewmats: Tensor, Ks: Tensor, targets: Tensor,
                 valid: Tensor, input_segmentation: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         b, v = valid.shape
+        # View 0 is the input view (data.supervise_input_view, required for a lifting model).
+        camera = batch_input_camera(self.model.config, viewmats, Ks, targets.shape[-1])
         if self.stage == "sharpen":
-            pred = self.predict(input_image, input_mask, viewmats, Ks, targets.shape[-1])
+            pred = self.predict(input_image, input_mask, viewmats, Ks, targets.shape[-1], camera=camera)
         else:
-            g = self.gaussians(input_image, input_mask, input_segmentation)
+            g = self.gaussians(input_image, input_mask, input_segmentation, camera)
             values = list(g.tensors().values())
             if not all(bool(torch.isfinite(t).all()) for t in values):
                 # Diverged network: never hand NaN/inf Gaussians to a rasterizer. A NaN loss tied to the
@@ -256,7 +264,11 @@ class Trainer:
         cfg = self.cfg
         if self._given_model is not None:
             model = self._given_model
-            if resume is not None:
+            if resume is not None and cfg.stage == "edit":
+                from perchead.edit.training import load_stage_weights  # also restores the editing encoder
+
+                load_stage_weights(model, resume.weights, cfg)
+            elif resume is not None:
                 model.load_weights(resume.weights)
             return model
         source = resume.path if resume is not None else cfg.init_from
@@ -276,7 +288,7 @@ class Trainer:
             # An edit-stage checkpoint also holds the editing encoder, which plain PercHead refuses to load.
             from perchead.edit.training import load_stage_model
 
-            return load_stage_model(source)
+            return load_stage_model(source, cfg)
         return PercHead.from_pretrained(source)
 
     def _configure_stage(self, model: PercHead) -> tuple[list[tuple[str, nn.Parameter]], nn.Module | None]:
@@ -346,6 +358,9 @@ class Trainer:
         train_set, val_set = self._datasets()
         resume = self._resume_checkpoint()
         model = self._build_model(resume).to(device)
+        if model.config.decoder == "lifting" and (cfg.stage == "edit" or not cfg.data.supervise_input_view):
+            raise ValueError("the lifting decoder needs the input view's camera (view 0 of a batch with "
+                             "--data.supervise-input-view) and has no editing stage")
         trainable, generator = self._configure_stage(model)
         loss_fn = self._build_loss(model).to(device)
         step_module = TrainStep(model, cfg.stage, loss_fn, cfg.render_backend, cfg.optim.bf16, generator)
@@ -537,13 +552,15 @@ class Trainer:
         n_targets = max(len(s["images"]) for s in samples) - 1
         for sample in samples:
             b = collate([sample], step_module.model.config.image_size, render_size).to(self.device)
+            camera = batch_input_camera(step_module.model.config, b.viewmats, b.Ks, render_size)
             pred = step_module.predict(b.input_image, b.input_mask, b.viewmats, b.Ks, render_size,
-                                       b.input_segmentation)[0]
+                                       b.input_segmentation, camera)[0]
             per_view = step_module.loss.per_sample(pred, b.targets[0])
             losses.append(float(per_view[b.valid[0]].mean()))
             vm = canon.viewmats.to(self.device)[None]
             Ks = canon.Ks.to(self.device)[None]
-            novel = step_module.predict(b.input_image, b.input_mask, vm, Ks, render_size, b.input_segmentation)[0]
+            novel = step_module.predict(b.input_image, b.input_mask, vm, Ks, render_size, b.input_segmentation,
+                                        camera)[0]
             blank = torch.ones(3, render_size, render_size, device=self.device)
             inp = _resize_square(b.input_image[0], render_size)
             targets = [b.targets[0, v] for v in range(1, b.targets.shape[1])]

@@ -1,0 +1,263 @@
+"""Baselines and ablations (the paper's Table 2), one command each, on a dataset in perchead's format.
+
+    python scripts/run_ablations.py baseline --data outputs/demo2/data --work outputs/ablations --steps 800
+    python scripts/run_ablations.py data     --data outputs/demo2/data --work outputs/ablations --steps 800
+    python scripts/run_ablations.py loss     --data outputs/demo2/data --work outputs/ablations --steps 800
+    python scripts/run_ablations.py shp      --data outputs/demo2/data --work outputs/ablations --steps 800
+
+Studies (every run is a reconstruct stage with the settings of ``scripts/train_demo.py``: its ``COMMON`` and
+``RECONSTRUCT`` values and its preset, except ``--steps``; the script reads them from there so both stay in
+step):
+
+* ``baseline``: PercHead (template decoder) vs the 2D-lifting decoder (``--model.decoder lifting``, same
+  data, loss and budget) vs the mean-colour template, novel and extreme views.
+* ``data``: single-view subjects only (``--data.studio-fraction 0``) / multi-view only (1) / both (the
+  PercHead run, train_demo's mixing ratio).
+* ``loss``: pixel (L1 + SSIM, the PercHead run) / LPIPS / DINO / SAM / DINO + SAM (the paper's). A loss
+  whose package or weights are absent here is listed as not run, with the reason.
+* ``shp``: SHP-CNN off / on: the sharpen stage (train_demo's ``SHARPEN`` settings) from the PercHead run,
+  evaluated with and without the sharpening CNN.
+
+Runs are shared between studies (``<work>/runs/<name>``; the PercHead run is the data study's "both" and the
+loss study's "pixel"). Everything is resumable: training uses ``--resume auto`` (a finished run is not
+retrained) and an evaluation is redone only when its checkpoints changed. Every command is printed (and
+appended to ``<work>/ablations.log`` with its output) before it runs. Each study ends with a markdown table
+(printed and written to ``<work>/<study>/table.md``) and the figures of ``perchead eval`` in
+``<work>/<study>/eval/``. Wall times of every command go to ``<work>/times.json``.
+
+Train one run at a time on a shared machine: set ``OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1`` if other jobs
+run beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+STUDIES = ("baseline", "data", "loss", "shp")
+
+# name -> (what it is, extra/overridden training options)
+RUNS: dict[str, tuple[str, dict[str, str]]] = {
+    "perchead": ("PercHead (template decoder), train_demo's settings", {}),
+    "lifting": ("2D-lifting decoder, same data, loss and budget", {"--model.decoder": "lifting"}),
+    "single_view": ("single-view subjects only", {"--data.studio-fraction": "0"}),
+    "multi_view": ("multi-view subjects only", {"--data.studio-fraction": "1"}),
+    "loss_lpips": ("LPIPS loss", {"--loss-name": "lpips"}),
+    "loss_dino": ("DINOv2 loss", {"--loss-name": "dino"}),
+    "loss_sam": ("SAM 2.1 loss", {"--loss-name": "sam"}),
+    "loss_perceptual": ("DINOv2 + SAM 2.1 loss (the paper's)", {"--loss-name": "perceptual"}),
+}
+# study -> [(row label, run name)]
+STUDY_ROWS: dict[str, list[tuple[str, str]]] = {
+    "baseline": [("PercHead (template cross-attention)", "perchead"), ("2D lifting", "lifting")],
+    "data": [("single-view only", "single_view"), ("multi-view only", "multi_view"), ("both", "perchead")],
+    "loss": [("L1 + SSIM", "perchead"), ("LPIPS", "loss_lpips"), ("DINO", "loss_dino"), ("SAM", "loss_sam"),
+             ("DINO + SAM", "loss_perceptual")],
+}
+
+
+def load_train_demo():
+    """scripts/train_demo.py as a module: its COMMON / RECONSTRUCT / SHARPEN settings and train_cmd()."""
+    spec = importlib.util.spec_from_file_location("train_demo", REPO / "scripts" / "train_demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def set_option(cmd: list[str], option: str, value: str) -> list[str]:
+    """Replace ``option``'s value in a command, or append the option (tyro accepts options after the
+    preset subcommand)."""
+    cmd = list(cmd)
+    if option in cmd:
+        cmd[cmd.index(option) + 1] = value
+    else:
+        cmd += [option, value]
+    return cmd
+
+
+def show(cmd: list[str]) -> str:
+    if cmd[:3] == [sys.executable, "-m", "perchead"]:
+        return " ".join(["perchead", *cmd[3:]])
+    return " ".join(cmd)
+
+
+class Runner:
+    def __init__(self, work: Path, data: Path, steps: int) -> None:
+        self.work, self.data, self.steps = work, data, steps
+        self.demo = load_train_demo()
+        self.log = work / "ablations.log"
+        work.mkdir(parents=True, exist_ok=True)
+
+    def run(self, cmd: list[str], label: str) -> float:
+        print(f"$ {show(cmd)}", flush=True)
+        t0 = time.time()
+        with open(self.log, "a") as fh:
+            fh.write(f"$ {show(cmd)}\n")
+            fh.flush()
+            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
+        seconds = time.time() - t0
+        if proc.returncode != 0:
+            raise SystemExit(f"command failed with exit status {proc.returncode}; see {self.log}")
+        path = self.work / "times.json"
+        times = json.loads(path.read_text()) if path.is_file() else []
+        times.append({"what": label, "seconds": round(seconds, 1), "command": show(cmd),
+                      "threads": os.environ.get("OMP_NUM_THREADS", "unset"),
+                      "ended": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
+        path.write_text(json.dumps(times, indent=1) + "\n")
+        return seconds
+
+    # -- training ---------------------------------------------------------------------------------------------
+    def train_command(self, name: str) -> list[str]:
+        settings = {**self.demo.RECONSTRUCT, "steps": self.steps}
+        cmd = self.demo.train_cmd("reconstruct", self.data, self.work / "runs" / name, settings)
+        for option, value in RUNS[name][1].items():
+            cmd = set_option(cmd, option, value)
+        return cmd
+
+    def latest(self, run_dir: Path) -> Path | None:
+        latest = run_dir / "checkpoints" / "latest"
+        return run_dir / "checkpoints" / latest.read_text().strip() if latest.is_file() else None
+
+    def finished(self, run_dir: Path, steps: int) -> Path | None:
+        ckpt = self.latest(run_dir)
+        return ckpt if ckpt is not None and ckpt.name == f"step_{steps:08d}" else None
+
+    def train(self, name: str) -> Path:
+        run_dir = self.work / "runs" / name
+        if self.finished(run_dir, self.steps) is None:
+            self.run(self.train_command(name), f"train {name}")
+        ckpt = self.finished(run_dir, self.steps)
+        if ckpt is None:
+            raise SystemExit(f"{run_dir} did not reach step {self.steps}; see {self.log}")
+        return ckpt
+
+    def sharpen(self, init_from: Path) -> Path:
+        s = self.demo.SHARPEN
+        run_dir = self.work / "runs" / "perchead_sharpen"
+        if self.finished(run_dir, s["steps"]) is None:
+            self.run(self.demo.train_cmd("sharpen", self.data, run_dir, s, init_from=init_from), "train sharpen")
+        ckpt = self.finished(run_dir, s["steps"])
+        if ckpt is None:
+            raise SystemExit(f"{run_dir} did not reach step {s['steps']}; see {self.log}")
+        return ckpt
+
+    # -- evaluation -------------------------------------------------------------------------------------------
+    def evaluate(self, study: str, checkpoints: dict[str, Path], extra: list[str] = ()) -> dict:
+        out = self.work / study / "eval"
+        cmd = [sys.executable, "-m", "perchead", "eval", "--data", str(self.data), "--out", str(out)]
+        for name, path in checkpoints.items():
+            cmd += ["--checkpoint", f"{name}={path}"]
+        cmd += list(extra)
+        # The evaluation is redone only when its command (checkpoints, options) changed.
+        stamp, summary = self.work / study / "eval_command.txt", out / "summary.json"
+        if summary.is_file() and stamp.is_file() and stamp.read_text() == show(cmd):
+            print(f"evaluation of {study} is up to date ({summary})", flush=True)
+        else:
+            self.run(cmd, f"eval {study}")
+            stamp.write_text(show(cmd))
+        return json.loads(summary.read_text())
+
+
+def loss_unavailable(name: str) -> str | None:
+    """None if the loss can be built here, else why not (its package or weights are missing)."""
+    from perchead.losses import LossConfig, build_loss
+
+    try:
+        build_loss(name, LossConfig())
+    except (RuntimeError, OSError, ImportError, ValueError) as exc:
+        return textwrap.shorten(f"{type(exc).__name__}: {str(exc).splitlines()[0]}", 160, placeholder=" ...")
+    return None
+
+
+def study_table(study: str, rows: list[tuple[str, str]], result: dict, notes: dict[str, str]) -> str:
+    """Markdown table: one row per ablation variant, novel and extreme columns for every metric measured."""
+    from perchead.eval.report import metric_columns, metric_label
+
+    summary = result["summary"]
+    metrics = metric_columns(summary, result["info"].get("unavailable", {}))
+    head = (["variant", "method"] + [f"{g} {metric_label(m)}" for g in ("novel", "extreme") for m in metrics]
+            + ["extreme − novel PSNR"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (2 * len(metrics) + 1)]
+    value = {(s["method"], s["group"]): s for s in summary}
+    for label, method in rows:
+        if method in notes:
+            lines.append(f"| {label} | not run: {notes[method]} |" + " |" * (2 * len(metrics) + 1))
+            continue
+        cells = []
+        for group in ("novel", "extreme"):
+            s = value.get((method, group))
+            cells += ["" if s is None else _fmt(s.get(m), s.get(f"{m}_sd")) for m in metrics]
+        novel, extreme = value.get((method, "novel")), value.get((method, "extreme"))
+        drop = "" if novel is None or extreme is None else f"{extreme['psnr'] - novel['psnr']:+.2f}"
+        lines.append(f"| {label} | `{method}` | " + " | ".join(cells) + f" | {drop} |")
+    return "\n".join(lines)
+
+
+def _short(path: Path) -> Path:
+    """Absolute path (symlinks kept as named), relative to the repository when inside it."""
+    path = Path(os.path.abspath(path))
+    return path.relative_to(REPO) if path.is_relative_to(REPO) else path
+
+
+def _fmt(v, sd=None) -> str:
+    """mean ± sd over subjects, as in perchead eval's results.md."""
+    from perchead.eval.report import _cell
+
+    return _cell(v, sd)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("study", choices=STUDIES)
+    ap.add_argument("--data", type=Path, required=True, help="dataset folder (perchead's format)")
+    ap.add_argument("--work", type=Path, required=True, help="runs, evaluations, tables, log")
+    ap.add_argument("--steps", type=int, required=True, help="reconstruct steps of every training run")
+    ap.add_argument("--eval-args", nargs=argparse.REMAINDER, default=[],
+                    help="extra options passed to `perchead eval` (e.g. --max-subjects 4); must come last")
+    args = ap.parse_args()
+    if args.steps < 1:
+        raise SystemExit("--steps must be >= 1")
+    if not args.data.is_dir():
+        raise SystemExit(f"dataset folder {args.data} not found")
+    work, data = _short(args.work), _short(args.data)
+    os.chdir(REPO)  # the commands and the paths in them are relative to the repository when inside it
+    runner = Runner(work, data, args.steps)
+    notes: dict[str, str] = {}
+    if args.study == "shp":
+        base = runner.train("perchead")
+        sharp = runner.sharpen(base)
+        # --shp both: the sharpened checkpoint scored without and with its SHP-CNN.
+        result = runner.evaluate("shp", {"perchead_shp": sharp}, ["--shp", "both", *args.eval_args])
+        rows = [("SHP-CNN off", "perchead_shp"), ("SHP-CNN on", "perchead_shp_sharpened")]
+    else:
+        rows = STUDY_ROWS[args.study]
+        checkpoints = {}
+        for _, name in rows:
+            loss = RUNS[name][1].get("--loss-name")
+            reason = loss_unavailable(loss) if loss else None
+            if reason is not None:
+                notes[name] = reason
+                print(f"not run: {name} ({RUNS[name][0]}): {reason}", flush=True)
+                continue
+            checkpoints[name] = runner.train(name)
+        result = runner.evaluate(args.study, checkpoints, list(args.eval_args))
+    if args.study == "baseline":
+        rows = rows + [("mean-colour template", "template_mean_colour")]
+    table = study_table(args.study, rows, result, notes)
+    path = work / args.study / "table.md"
+    path.write_text(f"<!-- python scripts/run_ablations.py {args.study} --data {args.data} --work {args.work} "
+                    f"--steps {args.steps} -->\n\n{table}\n")
+    print(table)
+    print(f"\nwrote {path}; per-image rows, per-subject means, results.md and figures in {work / args.study / 'eval'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""The gradio page: two tabs wired to :class:`perchead.app.handlers.PercheadApp`. All the work, and every
+decision about bad input, lives in the handlers; this module only maps their results onto widgets.
+
+Nothing here reaches outside the machine: gradio's analytics are off (perchead.app's __init__), the
+theme uses system fonts (gradio's default theme would fetch none either, but a GoogleFont would), there are no
+share links, and the splat viewer, fonts and scripts are all served by gradio itself.
+"""
+
+from __future__ import annotations
+
+import gradio as gr  # analytics were switched off by perchead.app's __init__, before this import
+
+from .handlers import PercheadApp, Result
+from .painting import LEGEND_CSS, legend_html, palette_hex
+
+HAIR = 17  # the brush's starting colour: hair is what people repaint most
+SYSTEM_FONTS = ("DejaVu Sans", "Helvetica", "Arial", "sans-serif")
+SYSTEM_MONO = ("DejaVu Sans Mono", "Menlo", "Consolas", "monospace")
+QUEUE_SIZE = 16
+MODEL = "perchead-model"  # one concurrency group: both tabs share the CPU and the (not thread-safe) models
+
+CSS = LEGEND_CSS + """
+#status-reconstruct, #status-edit {min-height: 2em}
+.perchead-error {color: #b00020; font-weight: 600}
+/* the viewers show a copy turned and scaled for the browser: downloads come from the Downloads list */
+#viewer a[download], #edit-viewer a[download] {display: none}
+"""
+
+
+def theme() -> gr.themes.Base:
+    return gr.themes.Default(font=list(SYSTEM_FONTS), font_mono=list(SYSTEM_MONO))
+
+
+def status(result) -> str:
+    """The status line for the page: the handler's message, errors marked as such."""
+    if result.ok:
+        return result.message
+    return f'<span class="perchead-error">Error: {_escape(result.message)}</span>'
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _media(result: Result) -> tuple:
+    f = result.files
+    paths = [str(p) for p in result.downloads]
+    return (str(f["viewer"]) if "viewer" in f else None, str(f["views"]) if "views" in f else None,
+            str(f["video"]) if "video" in f else None, paths or None, str(f["ply"]) if "ply" in f else None)
+
+
+def build(app: PercheadApp, max_upload_mb: float | None = None) -> gr.Blocks:
+    """The page. ``max_upload_mb`` is shown in the upload hints (the limit itself is the server's)."""
+    limit = max_upload_mb if max_upload_mb is not None else app.config.max_upload_mb
+    image_types = [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"]
+
+    with gr.Blocks(title="perchead", analytics_enabled=False, delete_cache=(3600, 7200)) as page:
+        gr.Markdown("# perchead\nOne photo in, a 3D Gaussian head out (PercHead). Everything runs on this "
+                    "machine; nothing is sent anywhere else.")
+        with gr.Tabs():
+            # -- Reconstruct ------------------------------------------------------------------------------
+            with gr.Tab("Reconstruct", id="reconstruct"):
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        photo = gr.File(label=f"Photo (JPEG, PNG, WebP, ...; at most {limit:g} MB)",
+                                        file_types=image_types, type="filepath", elem_id="photo")
+                        run = gr.Button("Reconstruct", variant="primary", elem_id="run-reconstruct")
+                        gr.Examples([[str(p)] for p in [app_example()] if p is not None], inputs=[photo],
+                                    label="Example photo")
+                        message = gr.Markdown(elem_id="status-reconstruct")
+                    with gr.Column(scale=2):
+                        viewer = gr.Model3D(label="3D viewer (drag to turn, scroll to zoom)", height=420,
+                                            elem_id="viewer", interactive=False)
+                with gr.Row():
+                    video = gr.Video(label="Turntable", elem_id="turntable", interactive=False, loop=True,
+                                     autoplay=True, height=340)
+                    views = gr.Image(label="Views", type="filepath", elem_id="views", interactive=False, height=340)
+                downloads = gr.File(label="Downloads (.ply, .splat, .mp4, views, metadata)", file_count="multiple",
+                                    elem_id="downloads", interactive=False)
+                ply = gr.File(visible=False, elem_id="ply")  # the .ply alone, for API clients
+
+                def on_reconstruct(path, progress=gr.Progress()):  # noqa: B008 -- gradio's injection idiom
+                    result = app.reconstruct(path, progress=lambda f, what: progress(f, desc=what))
+                    return (*_media(result), status(result))
+
+                run.click(on_reconstruct, inputs=[photo], outputs=[viewer, views, video, downloads, ply, message],
+                          api_name="reconstruct", concurrency_id=MODEL, concurrency_limit=1)
+
+            # -- Edit -------------------------------------------------------------------------------------
+            with gr.Tab("Edit", id="edit"):
+                if app.edit_error is not None:
+                    gr.Markdown(f'<span class="perchead-error">{_escape(app.edit_error)}</span>',
+                                elem_id="edit-unavailable")
+                else:
+                    _edit_tab(app, image_types, limit)
+    return page
+
+
+def app_example():
+    from .handlers import EXAMPLE_PHOTO
+
+    return EXAMPLE_PHOTO if EXAMPLE_PHOTO.is_file() else None
+
+
+def _edit_tab(app: PercheadApp, image_types: list[str], limit: float) -> None:
+    first = app.example_map()
+    size = app.map_size()
+    gr.Markdown("Paint the segmentation map (geometry) with the class colours below, describe the look (style) "
+                "in words or give a reference image, then render. The map starts as the example photo's.")
+    if app.edit_notice:
+        gr.Markdown(f"**Note on this editing checkpoint:** {_escape(app.edit_notice)}", elem_id="edit-notice")
+    gr.HTML(legend_html())
+    with gr.Row():
+        with gr.Column(scale=3):
+            editor = gr.ImageEditor(
+                value=first.picture if first.ok else None, type="numpy", image_mode="RGBA", format="png",
+                sources=(), transforms=(), layers=False, canvas_size=(size, size), fixed_canvas=True,
+                brush=gr.Brush(colors=palette_hex(), default_color=palette_hex()[HAIR], color_mode="fixed",
+                               default_size=max(4, size // 32)),
+                eraser=gr.Eraser(default_size=max(4, size // 32)), label="Segmentation map", elem_id="map-editor",
+                height=560)
+        with gr.Column(scale=2):
+            with gr.Row():
+                map_photo = gr.File(label=f"New map from a photo (at most {limit:g} MB)", file_types=image_types,
+                                    type="filepath", elem_id="map-photo", height=150)
+                map_file = gr.File(label="Or upload a map PNG (class ids 0..18 or class colours)",
+                                   file_types=[".png"], type="filepath", elem_id="map-file", height=150)
+            style_text = gr.Textbox(label="Style: describe the look", value="a person with short brown hair",
+                                    elem_id="style-text")
+            style_image = gr.File(label="Or style from a reference image (used instead of the text)",
+                                  file_types=image_types, type="filepath", elem_id="style-image", height=150)
+            render = gr.Button("Render", variant="primary", elem_id="run-edit")
+            message = gr.Markdown(first.message if first.ok else status(first), elem_id="status-edit")
+    with gr.Row():
+        viewer = gr.Model3D(label="3D viewer", height=420, elem_id="edit-viewer", interactive=False)
+        views = gr.Image(label="Views", type="filepath", elem_id="edit-views", interactive=False)
+    with gr.Row():
+        video = gr.Video(label="Turntable", elem_id="edit-turntable", interactive=False, loop=True, autoplay=True,
+                         height=340)
+        downloads = gr.File(label="Downloads", file_count="multiple", elem_id="edit-downloads", interactive=False)
+    ply = gr.File(visible=False, elem_id="edit-ply")
+
+    def show_map(result):
+        if result.ok:
+            return result.picture, result.message
+        return gr.skip(), status(result)
+
+    map_photo.upload(lambda p: show_map(app.map_from_photo(p)), inputs=[map_photo], outputs=[editor, message],
+                     api_name="map_from_photo", concurrency_id=MODEL, concurrency_limit=1)
+    map_file.upload(lambda p: show_map(app.map_from_file(p)), inputs=[map_file], outputs=[editor, message],
+                    api_name="map_from_file", concurrency_id=MODEL, concurrency_limit=1)
+
+    def on_render(value, text, image, progress=gr.Progress()):  # noqa: B008 -- gradio's injection idiom
+        result = app.render_edit(value, text, image, progress=lambda f, what: progress(f, desc=what))
+        return (*_media(result), status(result))
+
+    render.click(on_render, inputs=[editor, style_text, style_image],
+                 outputs=[viewer, views, video, downloads, ply, message], api_name="edit",
+                 concurrency_id=MODEL, concurrency_limit=1)
+
+
+def launch(app: PercheadApp, host: str = "127.0.0.1", port: int | None = None, block: bool = True,
+           quiet: bool = False):
+    """Queue the page's requests and serve it. Returns (page, url); with ``block`` it serves until Ctrl-C."""
+    page = build(app)
+    page.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
+    _, url, _ = page.launch(
+        server_name=host, server_port=port, share=False, inbrowser=False, prevent_thread_lock=True, quiet=quiet,
+        max_file_size=f"{app.config.max_upload_mb:g}mb", theme=theme(), css=CSS, footer_links=[],
+        allowed_paths=[str(app.work_dir)], show_error=True, ssr_mode=False, mcp_server=False)
+    if block:
+        try:
+            page.block_thread()
+        finally:
+            page.close()
+    return page, url
+
+
+__all__ = ["CSS", "build", "launch", "status", "theme"]

@@ -1,0 +1,177 @@
+"""perchead eval: checkpoints + the mean-colour template -> CSV, JSON, markdown beside the paper, figures."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from perchead.cli import main
+from perchead.eval.harness import EvalConfig, crop_view, load_sample
+from perchead.eval.protocol import ProtocolConfig, target_crop
+from perchead.eval.report import (
+    PAPER_RESULTS,
+    aggregate,
+    checkpoint_name,
+    paired_table,
+    parse_checkpoints,
+    rank_subjects,
+    results_table,
+    run_eval,
+)
+from perchead.geometry import HEAD_CAMERA_FOV_DEG, HEAD_CAMERA_RADIUS, Cameras, project_points
+from perchead.model import PercHead
+from perchead.train.testing import tiny_model_config, write_toy_dataset
+
+SIZE = 42
+VIEWS = 8
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    data = write_toy_dataset(root / "data", subjects=3, views=VIEWS, size=SIZE, val=0)
+    torch.manual_seed(0)
+    template = PercHead(tiny_model_config(image_size=SIZE)).save_pretrained(root / "run_a" / "checkpoints" / "step_1")
+    lifting = PercHead(tiny_model_config(image_size=SIZE, decoder="lifting")).save_pretrained(root / "lift")
+    return data, template, lifting, root
+
+
+def test_eval_command_writes_every_output(setup, tmp_path):
+    data, template, lifting, _ = setup
+    out = tmp_path / "eval"
+    code = main(["eval", "--checkpoint", str(template), "--checkpoint", f"lift={lifting}", "--data", str(data),
+                 "--out", str(out), "--split", "train", "--metrics", "psnr", "ssim", "--figure-subjects", "1"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    methods = ["run_a", "lift", "template_mean_colour"]  # untrained SHP-CNN: no sharpened columns (--shp auto)
+    assert list(summary["info"]["methods"]) == methods
+    assert summary["info"]["checkpoints"] == {"run_a": str(template), "lift": str(lifting)}
+    groups = {(s["method"], s["group"]): s for s in summary["summary"]}
+    for method in methods:
+        for group in ("novel", "extreme", "extreme_left_to_right", "extreme_right_to_left"):
+            s = groups[(method, group)]
+            assert math.isfinite(s["psnr"]) and 0 < s["ssim"] <= 1 and s["subjects"] == 3
+    assert groups[("lift", "novel")]["images"] == 3 * (VIEWS - 1)
+    with open(out / "rows.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(methods) * 3 * (VIEWS - 1 + 2)
+    assert {r["method"] for r in rows} == set(methods) and all(float(r["psnr"]) > 0 for r in rows)
+    with open(out / "subjects.csv") as fh:
+        assert len([r for r in csv.DictReader(fh) if r["group"] == "novel"]) == 3 * len(methods)
+    md = (out / "results.md").read_text()
+    assert "not comparable" in md and f"{PAPER_RESULTS['novel']['psnr']:.2f}" in md
+    assert "`lift`" in md and "perchead eval --checkpoint" in md
+    for png in ("metric_vs_yaw.png", "best_worst.png"):
+        assert (out / png).stat().st_size > 1000 and png in md
+    with open(out / "metric_vs_yaw.csv") as fh:
+        bins = [r for r in csv.DictReader(fh) if r["method"] == "lift" and r["group"] == "novel"]
+    assert sum(int(b["images"]) for b in bins) == 3 * (VIEWS - 1)  # every novel target in one bin
+    centres = [float(b["target_yaw_bin_deg"]) for b in bins]
+    assert all(c % 30 == 0 and -180 < c <= 180 for c in centres) and 180.0 in centres  # the back view
+
+
+def test_the_rows_are_the_renders_scores(setup, tmp_path):
+    # The mean-colour template's PSNR in the CSV equals a PSNR computed here from a render made by hand.
+    from perchead.eval.harness import mean_colour_gaussians
+    from perchead.eval.metrics import psnr
+    from perchead.render import rasterize
+    from perchead.train.data import collate
+
+    data, template, _, _ = setup
+    result = run_eval({"a": str(template)}, data, tmp_path / "e", EvalConfig(split="train", max_subjects=1),
+                      metrics=("psnr",), figure_subjects=0)
+    from perchead.data.format import read_dataset
+
+    subject = [s for s in read_dataset(data).split("train") if s.kind == "studio"][0]
+    sample = load_sample(subject, list(range(VIEWS)), ProtocolConfig(), {})  # view 0 (yaw 0) is the input
+    b = collate([sample], SIZE, SIZE)
+    model = PercHead.from_pretrained(template)
+    g = mean_colour_gaussians(model.template, b.input_image, b.input_mask)
+    pred = rasterize(g, b.viewmats[:, 1:], b.Ks[:, 1:], SIZE, SIZE).rgb[0].permute(0, 3, 1, 2).clamp(0, 1)
+    expected = psnr(pred, b.targets[0, 1:])
+    with open(tmp_path / "e" / "rows.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["method"] == "template_mean_colour" and r["setting"] == "novel"]
+    by_target = {r["target"]: float(r["psnr"]) for r in rows}
+    assert sorted(by_target) == [v.name for v in subject.views[1:]]
+    got = torch.tensor([by_target[v.name] for v in subject.views[1:]], dtype=torch.float64)
+    assert torch.allclose(got, expected, atol=1e-4)
+    assert result["info"]["subjects"] == [subject.id]
+
+
+def test_unavailable_metrics_are_empty_columns_with_the_reason(setup, tmp_path):
+    data, template, _, _ = setup
+    from perchead.eval.metrics import MetricConfig
+
+    # DreamSim without its weights (an empty cache folder) is unavailable whether or not the package exists.
+    cfg = MetricConfig(dreamsim_cache_dir=str(tmp_path / "no_weights"))
+    result = run_eval({"a": str(template)}, data, tmp_path / "e", EvalConfig(split="train", max_subjects=1),
+                      metrics=("psnr", "dreamsim"), metric_config=cfg, figure_subjects=0)
+    assert "dreamsim" in result["info"]["unavailable"]
+    assert all(s["dreamsim"] is None for s in result["summary"])  # NaN -> null in the JSON, not a number
+    with open(tmp_path / "e" / "rows.csv") as fh:
+        assert all(r["dreamsim"] == "" for r in csv.DictReader(fh))
+    md = (tmp_path / "e" / "results.md").read_text()
+    assert "`dreamsim` not measured" in md and "DreamSim" not in md.split("## Results")[1].split("\n")[2]
+
+
+def test_aggregate_means_and_subject_sd():
+    rows = [{"subject": s, "setting": st, "group": "novel" if st == "novel" else "extreme", "method": "m",
+             "psnr": v, "ssim": 0.5} for s, st, v in
+            [("a", "novel", 10.0), ("a", "novel", 12.0), ("b", "novel", 20.0), ("b", "novel", float("nan")),
+             ("a", "extreme_left_to_right", 8.0), ("b", "extreme_right_to_left", 9.0)]]
+    per_subject, summary = aggregate(rows, ["psnr", "ssim"], ["m"])
+    s = {x["group"]: x for x in summary}
+    assert s["novel"]["psnr"] == pytest.approx(14.0) and s["novel"]["psnr_n"] == 3 and s["novel"]["images"] == 4
+    assert s["novel"]["psnr_sd"] == pytest.approx(math.sqrt(((11 - 15.5) ** 2 + (20 - 15.5) ** 2) / 1))
+    assert s["extreme"]["psnr"] == pytest.approx(8.5) and s["extreme_left_to_right"]["psnr"] == 8.0
+    assert {(x["subject"], x["group"]): x["psnr"] for x in per_subject}[("a", "novel")] == 11.0
+    table = results_table(summary, ["psnr", "ssim"], ["m"])
+    assert "| novel | `m` | 4 | 2 | 14.00 ± 6.36 | 0.500 ± 0.000 |" in table
+    other = [dict(x, method="o", psnr=x["psnr"] + (1.0 if x["subject"] == "a" else -3.0)) for x in per_subject]
+    paired = paired_table(per_subject + other, ["m", "o"])
+    assert "| `o` | -1.00 | 1/2 subjects | -1.00 | 1/2 subjects |" in paired
+    best, worst = rank_subjects(per_subject, "m", 1)
+    assert best == ["b"] and worst == ["a"]
+
+
+def test_checkpoint_names():
+    assert checkpoint_name("runs/lift/checkpoints/step_00000800") == "lift"
+    assert checkpoint_name("src/perchead/assets/demo/") == "demo"
+    assert parse_checkpoints(["a=x/y", "runs/b/checkpoints/step_1"]) == {"a": "x/y", "b": "runs/b/checkpoints/step_1"}
+    assert parse_checkpoints(["x/m1", "y/m2"], ["p", "q"]) == {"p": "x/m1", "q": "y/m2"}
+    with pytest.raises(ValueError, match="two methods"):
+        parse_checkpoints(["x/m", "y/m"])
+    with pytest.raises(ValueError, match="one name per"):
+        parse_checkpoints(["x/m", "y/m"], ["p"])
+
+
+def test_crop_view_pads_with_white_and_moves_the_intrinsics():
+    # A camera farther away and off-centre: the panohead crop (the head at the standard framing) lies partly
+    # outside the image; the crop is padded white and the head centre projects to its middle.
+    size = 64
+    cams = Cameras.orbit([30.0], 10.0, HEAD_CAMERA_RADIUS * 0.8, HEAD_CAMERA_FOV_DEG, size)
+    K = cams.Ks[0].clone()
+    K[0, 2] += 20.0
+    image = torch.rand(3, size, size)
+    mask = torch.ones(1, size, size)
+    out, out_mask, K2 = crop_view(image, mask, K, cams.viewmats[0], ProtocolConfig())
+    box = target_crop(K, cams.viewmats[0], size, size, size).box
+    side = round(box[2] - box[0])
+    assert out.shape == (3, side, side) and side > size  # closer camera: the head crop is larger than the image
+    x0, y0 = round(box[0]), round(box[1])
+    assert x0 > 0 and y0 < 0 and x0 + side > size  # cut on the left, padded above and on the right
+    assert torch.equal(out[:, 10 - y0, 20 - x0], image[:, 10, 20])  # a pixel moves with the crop
+    assert bool((out_mask == 0).any()) and bool((out[:, out_mask[0] == 0] == 1).all())
+    uv, _ = project_points(torch.zeros(1, 3), cams.viewmats, K2[None])
+    assert torch.allclose(uv[0, 0], torch.full((2,), side / 2), atol=0.6)
+    # the standard camera's own crop is the whole image: nothing changes
+    std = Cameras.orbit([0.0], 0.0, HEAD_CAMERA_RADIUS, HEAD_CAMERA_FOV_DEG, size)
+    same = crop_view(image, mask, std.Ks[0], std.viewmats[0], ProtocolConfig())
+    assert same[0] is image and torch.equal(same[2], std.Ks[0])

@@ -40,7 +40,11 @@ ASSETS = REPO / "src" / "perchead" / "assets" / "demo"
 DATA = dict(subjects=240, views=16, size=128, seed=0, kind="mixed", wild_fraction=0.2)
 COMMON = dict(seed=0, loss="pixel", batch_size=4, target_views=3, studio_fraction=0.85, num_workers=1)
 RECONSTRUCT = dict(steps=3600, lr=8e-4, warmup=20, min_lr_ratio=0.1, val_every=100, ckpt_every=25)
-SHARPEN = dict(steps=200, lr=5e-4, warmup=10, min_lr_ratio=0.1, val_every=50, ckpt_every=25)
+# Then the same run is resumed with its total raised to this many steps: a warm restart (the cosine schedule is
+# recomputed for the new total, so the learning rate goes back up from 0.1x to the new curve's value at 3,600).
+# The shipped checkpoint was made this way because the 3,600-step run stopped short of the 2 dB goal.
+RECONSTRUCT_EXTEND_TO = 5000
+SHARPEN = dict(steps=200, lr=1e-4, warmup=10, min_lr_ratio=0.1, val_every=50, ckpt_every=25)
 PRESET = "tiny"
 # The synthetic hair stands further off the scalp than the default offset range (5% of the head size) reaches,
 # so the demo lets the Gaussians move up to 15% (DESIGN.md: "start from s_max = 0.05 ... and tune").
@@ -138,6 +142,11 @@ def main() -> None:
     record_time(work, "synth", seconds)
     seconds, stopped = run(train_cmd("reconstruct", data, rec_dir, RECONSTRUCT), log, args.reconstruct_minutes)
     record_time(work, "reconstruct", seconds, "stopped by time limit" if stopped else "")
+    if RECONSTRUCT_EXTEND_TO > RECONSTRUCT["steps"]:
+        extended = {**RECONSTRUCT, "steps": RECONSTRUCT_EXTEND_TO}
+        seconds, stopped = run(train_cmd("reconstruct", data, rec_dir, extended), log, args.reconstruct_minutes)
+        record_time(work, "reconstruct", seconds, f"warm restart to {RECONSTRUCT_EXTEND_TO} steps"
+                    + ("; stopped by time limit" if stopped else ""))
     recon_ckpt = latest_checkpoint(rec_dir)
     seconds, stopped = run(train_cmd("sharpen", data, shp_dir, SHARPEN, init_from=recon_ckpt), log,
                            args.sharpen_minutes)
@@ -192,11 +201,21 @@ def _minutes(work: Path, stage: str) -> tuple[float, list[str]]:
 def _shortfall(checks: dict, rec: dict) -> str:
     if checks["all_pass"]:
         return ""
-    trend = ("still falling" if rec["loss_last50"] < rec["loss_prev50"] else "flat")
-    return (f" The reconstruct stage's train loss was {trend} at its end (mean of the last 50 steps "
-            f"{rec['loss_last50']:.4f}, of the 50 before {rec['loss_prev50']:.4f}): the network had only "
-            f"{rec['samples']:,} samples; a longer run of the same script (more `RECONSTRUCT` steps) is the "
-            "first thing to try, and the paper's perceptual loss the second.")
+    groups = ("novel", "extreme")
+    text = ""
+    if not all(checks[g]["beats_baseline"] for g in groups):
+        trend = ("still falling" if rec["loss_last50"] < rec["loss_prev50"] else "flat")
+        text += (f" The reconstruct stage's train loss was {trend} at its end (mean of the last 50 steps "
+                 f"{rec['loss_last50']:.4f}, of the 50 before {rec['loss_prev50']:.4f}): the network had only "
+                 f"{rec['samples']:,} samples; a longer run of the same script (more `RECONSTRUCT` steps) is the "
+                 "first thing to try, and the paper's perceptual loss the second.")
+    if not all(checks[g]["sharpening_not_worse"] for g in groups):
+        worst = min(checks[g]["sharpened_minus_model_db"] for g in groups)
+        text += (f" SHP-CNN lowers PSNR slightly (by up to {-worst:.3f} dB): trained with the pixel loss it stays "
+                 "close to the identity and does not help on unseen subjects; the paper trains it with the DINOv2 "
+                 "layer-8 CLS loss, which needs weights that are not available here. `perchead reconstruct "
+                 "--no-sharpen` skips it.")
+    return text
 
 
 def write_card(work: Path, assets: Path, recon_ckpt: Path, final: Path) -> Path:
@@ -215,7 +234,8 @@ def write_card(work: Path, assets: Path, recon_ckpt: Path, final: Path) -> Path:
     vit = ("trainable ViT branch only (no DINOv2 branch)," if m["dino"] is None
            else f"trainable ViT + frozen DINOv2 `{m['dino']}`,")
     rows = []
-    for stage, st, s in (("reconstruct", rec, RECONSTRUCT), ("sharpen", shp, SHARPEN)):
+    recon_plan = {**RECONSTRUCT, "steps": max(RECONSTRUCT["steps"], RECONSTRUCT_EXTEND_TO)}
+    for stage, st, s in (("reconstruct", rec, recon_plan), ("sharpen", shp, SHARPEN)):
         minutes, notes = _minutes(work, stage)
         planned = "" if st["steps"] == s["steps"] else f" of {s['steps']} planned"
         note = f" ({'; '.join(notes)})" if notes else ""

@@ -299,6 +299,7 @@ clipping at 1.0, batch {COMMON['batch_size']}, seed {COMMON['seed']}, float32 on
 `reconstruct` trains everything except SHP-CNN; `sharpen` trains SHP-CNN only with the 3D part frozen.
 Machine: 2 CPU cores (shared with other jobs while this ran, so the times are pessimistic), no GPU,
 torch {ev['info']['machine'].split('torch ')[-1]}. Wall time includes validation grids and checkpoints.
+Training threads: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}.
 Full resolved configs: `train_config.json` of each run (written by the trainer).
 
 ## Held-out evaluation

@@ -21,7 +21,7 @@ import math
 import platform
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,9 +30,10 @@ import tyro
 from torch import Tensor
 
 from perchead.data.format import SubjectRecord, load_view, read_dataset
+from perchead.eval.harness import EvalConfig, eval_subjects
 from perchead.eval.heldout import mean_colour_template
 from perchead.eval.metrics import psnr, ssim
-from perchead.eval.protocol import ProtocolConfig, describe_protocol, view_pairs, views_from_cameras
+from perchead.eval.protocol import describe_protocol, view_pairs, views_from_cameras
 from perchead.geometry import Gaussians
 from perchead.model import PercHead
 from perchead.render import rasterize
@@ -44,26 +45,15 @@ SETTINGS: tuple[str, ...] = ("novel", "extreme")
 
 
 @dataclass
-class EditEvalConfig:
-    """What is evaluated and how (written into the result JSON)."""
+class EditEvalConfig(EvalConfig):
+    """What is evaluated and how (written into the result JSON): the held-out evaluation's settings, plus the
+    disentanglement measure's."""
 
-    split: str = "test"
-    """dataset split holding the held-out subjects"""
-    size: int | None = None
-    """side of the compared images in pixels; None = the model's input size"""
-    baseline_opacity: float = 0.9
-    """opacity of every Gaussian of the mean-colour template baseline"""
-    baseline_scale: float = 0.5
-    """baseline Gaussian standard deviation as a fraction of the template's point spacing"""
-    max_subjects: int | None = None
-    """evaluate only the first N studio subjects of the split (None: all)"""
     disentangle_subjects: int = 12
     """subjects whose input views are swapped pairwise in the disentanglement measure (all ordered pairs)"""
-    backend: str = "auto"
-    """rasterizer backend (auto / cpu / gsplat / reference)"""
-    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.disentangle_subjects < 2:
             raise ValueError(f"disentangle_subjects must be >= 2 (it swaps pairs), got {self.disentangle_subjects}")
 
@@ -184,11 +174,7 @@ def evaluate_edit(checkpoint: str | Path | EditNetwork, data: str | Path, config
     s = net.config.image_size
     size = cfg.size or s
     dataset = read_dataset(data)
-    subjects = [x for x in dataset.split(cfg.split) if x.kind == "studio" and len(x.views) >= 2]
-    if not subjects:
-        raise ValueError(f"dataset {dataset.root} has no multi-view (studio) subject in split '{cfg.split}'")
-    if cfg.max_subjects is not None:
-        subjects = subjects[: cfg.max_subjects]
+    subjects = eval_subjects(dataset, cfg)
     rows: list[dict[str, Any]] = []
     cells: list[Tensor] = []
     labels: list[str] = []

@@ -13,6 +13,7 @@ from perchead.losses import (
     DinoLossConfig,
     L1Loss,
     LossConfig,
+    MSELoss,
     PerceptualLoss,
     SamLoss,
     SamLossConfig,
@@ -105,6 +106,19 @@ def test_pixel_losses_values_and_gradients():
     pred = torch.rand(2, 3, 32, 32, requires_grad=True)
     target = torch.rand(2, 3, 32, 32, requires_grad=True)
     assert torch.allclose(L1Loss()(pred, target), (pred - target).abs().mean())
+    assert torch.allclose(MSELoss()(pred, target), (pred - target).square().mean())
+    per_sample = MSELoss().per_sample(pred, target)
+    psnr = -10 * torch.log10((pred - target).square().flatten(1).mean(1))
+    assert torch.allclose(-10 * torch.log10(per_sample), psnr)  # lower MSE loss <=> higher PSNR, per image
+    cfg = LossConfig(l1_weight=0.0, ssim_weight=0.3, mse_weight=1.0)
+    loss, parts = build_loss("pixel", cfg)(pred, target, return_parts=True)
+    assert set(parts) == {"ssim", "mse"}  # a zero-weight term is not computed
+    assert torch.allclose(loss, parts["mse"] + 0.3 * parts["ssim"])
+    assert torch.allclose(parts["mse"], MSELoss()(pred, target))
+    with pytest.raises(ValueError, match="at least one > 0"):
+        build_loss("pixel", LossConfig(l1_weight=0.0, ssim_weight=0.0))
+    with pytest.raises(ValueError, match="weights >= 0"):
+        build_loss("pixel", LossConfig(mse_weight=-1.0))
     loss, parts = build_loss("pixel")(pred, target, return_parts=True)
     assert torch.allclose(loss, 0.8 * parts["l1"] + 0.2 * parts["ssim"])
     loss.backward()

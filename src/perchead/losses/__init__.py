@@ -19,7 +19,7 @@ from .foundation import (
     load_sam2_vision,
 )
 from .perceptual import LOSS_NAMES, LossConfig, PerceptualLoss, build_loss
-from .pixel import L1Loss, LPIPSLoss, SSIMLoss, ssim
+from .pixel import L1Loss, LPIPSLoss, MSELoss, SSIMLoss, ssim
 from .sam import SamLoss, SamLossConfig
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "FoundationModelError",
     "ImageLoss",
     "L1Loss",
+    "MSELoss",
     "LPIPSLoss",
     "LossConfig",
     "PerceptualLoss",

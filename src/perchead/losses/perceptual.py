@@ -9,7 +9,7 @@ from torch import nn
 from .base import ImageLoss, WeightedSum
 from .dino import DinoLoss, DinoLossConfig, SharpenLoss, sharpen_loss_config
 from .foundation import Sam2ImageEncoder
-from .pixel import L1Loss, LPIPSLoss, SSIMLoss
+from .pixel import L1Loss, LPIPSLoss, MSELoss, SSIMLoss
 from .sam import SamLoss, SamLossConfig
 
 
@@ -41,6 +41,9 @@ class LossConfig:
     """weight of L1 in the "pixel" loss (3DGS convention: 0.8 L1 + 0.2 D-SSIM)"""
     ssim_weight: float = 0.2
     """weight of 1 - SSIM in the "pixel" loss"""
+    mse_weight: float = 0.0
+    """weight of the mean squared error in the "pixel" loss (0: the 3DGS loss; the CPU demo's SHP-CNN stage uses
+    1.0 MSE + 0.3 (1 - SSIM) with no L1, see docs/demo_checkpoint.md)"""
     lpips_net: str = "alex"
 
 
@@ -52,7 +55,8 @@ LOSS_NAMES: dict[str, str] = {
     "l1": "ablation: L1",
     "ssim": "ablation: 1 - SSIM",
     "lpips": "ablation: LPIPS (needs the lpips package and torchvision)",
-    "pixel": "L1 + SSIM (l1_weight * L1 + ssim_weight * (1 - SSIM)); no pretrained weights, for CPU demos",
+    "pixel": "l1_weight * L1 + ssim_weight * (1 - SSIM) + mse_weight * MSE (0.8, 0.2, 0); no pretrained weights, "
+             "for CPU demos",
 }
 
 
@@ -86,6 +90,11 @@ def build_loss(
     if name == "lpips":
         return LPIPSLoss(cfg.lpips_net)
     if name == "pixel":
-        return WeightedSum({"l1": (cfg.l1_weight, L1Loss()), "ssim": (cfg.ssim_weight, SSIMLoss())})
+        terms = {"l1": (cfg.l1_weight, L1Loss()), "ssim": (cfg.ssim_weight, SSIMLoss()),
+                 "mse": (cfg.mse_weight, MSELoss())}
+        if any(w < 0 for w, _ in terms.values()) or not any(w > 0 for w, _ in terms.values()):
+            raise ValueError(f"the pixel loss needs weights >= 0, at least one > 0; got l1_weight {cfg.l1_weight}, "
+                             f"ssim_weight {cfg.ssim_weight}, mse_weight {cfg.mse_weight}")
+        return WeightedSum({key: term for key, term in terms.items() if term[0] > 0})
     choices = ", ".join(f"{key} ({desc})" for key, desc in LOSS_NAMES.items())
     raise ValueError(f"unknown loss {name!r}; choose one of: {choices}")

@@ -1,4 +1,4 @@
-"""Pixel-space ablation losses of the paper's Table 2: L1, SSIM and LPIPS."""
+"""Pixel-space ablation losses of the paper's Table 2 (L1, SSIM, LPIPS), and MSE."""
 
 from __future__ import annotations
 
@@ -14,6 +14,17 @@ class L1Loss(ImageLoss):
 
     def compute(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, Parts]:
         return (pred - target.detach()).abs().flatten(1).mean(dim=1), {}
+
+
+class MSELoss(ImageLoss):
+    """Mean squared difference over channels and pixels, per sample: the loss whose minimum is the best PSNR.
+
+    Not in the paper. SHP-CNN trained with L1 + SSIM lowered the PSNR of the demo's renders, with MSE alone their
+    SSIM; the demo's sharpen stage uses MSE + 0.3 (1 - SSIM) (the "pixel" loss's weights; docs/demo_checkpoint.md).
+    """
+
+    def compute(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, Parts]:
+        return (pred - target.detach()).square().flatten(1).mean(dim=1), {}
 
 
 def gaussian_window(size: int = 11, sigma: float = 1.5, device=None, dtype=torch.float32) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from functools import partial
 from pathlib import Path
@@ -26,7 +27,7 @@ from perchead.train import (
 from perchead.train.checkpoint import read_latest
 from perchead.train.data import PositionDataset, collate
 from perchead.train.testing import tiny_model_config, write_toy_dataset
-from perchead.train.trainer import lr_lambda, param_groups
+from perchead.train.trainer import CONFIG_FILE, lr_lambda, param_groups
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -154,6 +155,20 @@ def test_sharpen_stage_trains_only_the_shp_cnn(toy_data, tmp_path):
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("shp_cnn.") for k in changed), sorted(changed)[:5]
+
+
+def test_a_run_from_a_checkpoint_records_the_checkpoints_architecture(toy_data, tmp_path):
+    recon = _config(tmp_path / "recon", toy_data, steps=1, checkpoint=CheckpointConfig(every=1),
+                    model=dataclasses.replace(tiny_model_config(), s_max=0.15))
+    first = Trainer(recon).run()
+    # This run's own model options say s_max 0.05; the model it trains (and so its records) say 0.15.
+    cfg = _config(tmp_path / "sharp", toy_data, stage="sharpen", steps=1, init_from=str(first.checkpoint),
+                  checkpoint=CheckpointConfig(every=1))
+    result = Trainer(cfg).run()
+    written = TrainConfig.from_dict(json.loads((tmp_path / "sharp" / CONFIG_FILE).read_text()))
+    assert written.model.s_max == 0.15 and written.model == PercHead.from_pretrained(first.checkpoint).config
+    in_checkpoint = json.loads((result.checkpoint / CONFIG_FILE).read_text())
+    assert in_checkpoint["model"]["s_max"] == 0.15
 
 
 def test_sharpen_without_a_starting_model_is_a_clear_error(toy_data, tmp_path):

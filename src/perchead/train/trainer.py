@@ -20,6 +20,7 @@ back to the checkpoint's step, so after any number of kills it holds each step e
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import time
@@ -358,6 +359,10 @@ class Trainer:
         train_set, val_set = self._datasets()
         resume = self._resume_checkpoint()
         model = self._build_model(resume).to(device)
+        if model.config != cfg.model:
+            # train_config.json and the checkpoints record the architecture that is trained: a run started from
+            # a checkpoint takes it from there, not from its own (unused) model options.
+            self.cfg = cfg = dataclasses.replace(cfg, model=model.config)
         if model.config.decoder == "lifting" and (cfg.stage == "edit" or not cfg.data.supervise_input_view):
             raise ValueError("the lifting decoder needs the input view's camera (view 0 of a batch with "
                              "--data.supervise-input-view) and has no editing stage")

@@ -36,10 +36,10 @@ from perchead.edit.segmentation import resize_segmentation
 from perchead.geometry import Gaussians
 from perchead.inference import (
     DEMO_CHECKPOINT,
+    Progress,
     ReconstructConfig,
     Reconstruction,
     Reconstructor,
-    StageTimes,
     staged_output,
 )
 from perchead.io import save_ply
@@ -59,10 +59,6 @@ EXAMPLE_PHOTO = DEMO_CHECKPOINT.parent / "example_photo.jpg"
 # camera) and scaled up to fill the view. The downloadable .ply keeps the canonical metric frame.
 VIEWER_SCALE = 4.0
 VIEWER_FILE = "head_viewer.ply"
-
-Progress = Callable[[float, str], None]
-"""progress(fraction in [0, 1], what is happening)"""
-
 
 @dataclass
 class AppConfig:
@@ -247,22 +243,16 @@ class PercheadApp:
         with self._lock, torch.inference_mode():
             yield
 
-    def _render_and_write(self, rec: Reconstructor, g: Gaussians, pre, out: Path, progress: Progress,
-                          times: StageTimes, extra: Callable[[Path], None] | None = None) -> Reconstruction:
-        """Render the six views and the turntable of ``g`` and write every file into ``out`` (all or none)."""
-        with rec.timed(times, "render"):
-            progress(0.3, "rendering the six views")
-            views = rec.render(g, rec.grid_viewmats())
-            progress(0.45, f"rendering the turntable ({rec.config.frames} frames)")
-            turntable = rec.render(g, rec.turntable_viewmats())
-        result = Reconstruction(pre.source, pre, g.to("cpu"), views, turntable, times)
+    def _write(self, rec: Reconstructor, result: Reconstruction, out: Path, progress: Progress,
+               extra: Callable[[Path], None] | None = None) -> None:
+        """Write every file of ``result`` (and the browser viewer's copy, and ``extra``'s) into ``out``: all of
+        them, or none."""
         progress(0.85, "writing the files")
         with staged_output(out) as stage:
             rec.write(result, stage)
             save_ply(viewer_gaussians(result.gaussians), stage / VIEWER_FILE)
             if extra is not None:
                 extra(stage)
-        return result
 
     @staticmethod
     def _files(out: Path, extra: dict[str, str] | None = None) -> dict[str, Path]:
@@ -279,22 +269,16 @@ class PercheadApp:
             path = self.check_upload(photo, "photo")
             self.check_image(path)
             with self._request():
-                rec = self.rec
-                times = StageTimes()
-                progress(0.02, "finding the face and cropping the head")
-                with rec.timed(times, "preprocess"):
-                    pre = rec.preprocess(path)
-                progress(0.2, "running the network")
-                with rec.timed(times, "network"):
-                    g = rec.predict(pre)
+                result = self.rec.reconstruct(path, progress)
                 out = self._new_result_dir("reconstruct")
-                result = self._render_and_write(rec, g, pre, out, progress, times)
+                self._write(self.rec, result, out, progress)
         except Exception as exc:  # every failure becomes the page's message (see module docstring)
             if not isinstance(exc, (ValueError, OSError)):
                 log.exception("reconstruct failed")
             return Result(False, failure(exc, photo), seconds=time.perf_counter() - start)
         seconds = time.perf_counter() - start
-        notes = f" Note: {'; '.join(pre.warnings)}." if pre.warnings else ""
+        warnings, times = result.preprocessed.warnings, result.times
+        notes = f" Note: {'; '.join(warnings)}." if warnings else ""
         message = (f"Reconstructed {len(result.gaussians):,} Gaussians in {seconds:.1f} s "
                    f"(preprocess {times.preprocess:.1f} s, network {times.network:.1f} s, "
                    f"render {times.render:.1f} s, write {times.write:.1f} s).{notes}")
@@ -388,8 +372,8 @@ class PercheadApp:
                         "style": style_desc}
 
                 out = self._new_result_dir("edit")
-                self._render_and_write(rec, g, pre, out, progress, StageTimes(),
-                                       lambda stage: write_edit_files(stage, labels, info))
+                self._write(rec, rec.render_result(g, pre, progress=progress), out, progress,
+                            lambda stage: write_edit_files(stage, labels, info))
         except Exception as exc:
             if not isinstance(exc, (ValueError, OSError)):
                 log.exception("edit failed")

@@ -60,7 +60,7 @@ def edit(
         allow_no_face: --from: crop the centred square when no face is found.
         backend: rasteriser.
     """
-    from perchead.inference import ReconstructConfig, Reconstruction, Reconstructor, staged_output
+    from perchead.inference import ReconstructConfig, Reconstructor, staged_output
     from perchead.preprocess import load_image
 
     if seg is None and from_photo is None:
@@ -111,9 +111,7 @@ def edit(
         style = image_style(net, rgb, mask, rec.device)
 
     g = generate_head(net, labels, style, rec.device, rec.render_device)
-    views = rec.render(g, rec.grid_viewmats())
-    turntable = rec.render(g, rec.turntable_viewmats()) if video else None
-    result = Reconstruction(pre.source, pre, g.to("cpu"), views, turntable)
+    result = rec.render_result(g, pre)
     info = {"checkpoint": checkpoint, "clip": net.edit_config.clip, "notice": net.notice or None,
             "segmentation": seg_source, "style": style_desc, "photo": None if from_photo is None else str(from_photo)}
     # One staging folder for reconstruct's files and ours: all of them appear, or none.

@@ -7,6 +7,7 @@ from .reconstruct import (
     DEMO_CHECKPOINT,
     PHOTO_FILES,
     STAGES,
+    Progress,
     ReconstructConfig,
     Reconstruction,
     Reconstructor,
@@ -16,6 +17,6 @@ from .reconstruct import (
 )
 from .video import VIDEO_SUFFIXES, VideoResult, is_video, reconstruct_video
 
-__all__ = ["DEMO_CHECKPOINT", "PHOTO_FILES", "STAGES", "VIDEO_SUFFIXES", "ReconstructConfig",
+__all__ = ["DEMO_CHECKPOINT", "PHOTO_FILES", "STAGES", "VIDEO_SUFFIXES", "Progress", "ReconstructConfig",
            "Reconstruction", "Reconstructor", "StageTimes", "VideoResult", "is_video", "load_model",
            "reconstruct_video", "staged_output"]

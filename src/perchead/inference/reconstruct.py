@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -47,6 +47,13 @@ from ..io.commands import GRID_VIEWS
 from ..preprocess import PreprocessConfig, Preprocessed, preprocess_image
 from ..preprocess.io import ImageInput
 from ..render import gsplat_available, rasterize
+
+Progress = Callable[[float, str], None]
+"""progress(fraction in [0, 1], what is happening): where long work reports to a progress bar (the app's)."""
+
+
+def _no_progress(fraction: float, what: str) -> None:
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -248,17 +255,32 @@ class Reconstructor:
         return turntable_viewmats(self.config.frames, HEAD_CAMERA_RADIUS, self.config.pitch)
 
     # -- whole photos ---------------------------------------------------------------------------------------
-    def reconstruct(self, source: ImageInput) -> Reconstruction:
+    def reconstruct(self, source: ImageInput, progress: Progress | None = None) -> Reconstruction:
         """Photo -> :class:`Reconstruction` in memory (nothing written)."""
+        progress = progress or _no_progress
         times = StageTimes()
+        progress(0.02, "finding the face and cropping the head")
         with self.timed(times, "preprocess"):
             pre = self.preprocess(source)
+        progress(0.2, "running the network")
         with self.timed(times, "network"):
             g = self.predict(pre)
+        return self.render_result(g, pre, times, progress)
+
+    def render_result(self, gaussians: Gaussians, pre: Preprocessed, times: StageTimes | None = None,
+                      progress: Progress | None = None) -> Reconstruction:
+        """The views and the turntable of ``gaussians``, as a :class:`Reconstruction` of ``pre``: the end of
+        :meth:`reconstruct`, also the end of the editing paths (their Gaussians come from a map and a style)."""
+        progress = progress or _no_progress
+        times = times if times is not None else StageTimes()
         with self.timed(times, "render"):
-            views = self.render(g, self.grid_viewmats())
-            turntable = self.render(g, self.turntable_viewmats()) if self.config.video else None
-        return Reconstruction(pre.source, pre, g.to("cpu"), views, turntable, times)
+            progress(0.3, f"rendering the {len(GRID_VIEWS)} views")
+            views = self.render(gaussians, self.grid_viewmats())
+            turntable = None
+            if self.config.video:
+                progress(0.45, f"rendering the turntable ({self.config.frames} frames)")
+                turntable = self.render(gaussians, self.turntable_viewmats())
+        return Reconstruction(pre.source, pre, gaussians.to("cpu"), views, turntable, times)
 
     def write(self, rec: Reconstruction, out_dir: str | os.PathLike) -> list[Path]:
         """Write every file of ``rec`` into ``out_dir``: all of them, or (on any error) none."""
@@ -388,5 +410,5 @@ def staged_output(out_dir: str | os.PathLike) -> Iterator[Path]:
     shutil.rmtree(stage, ignore_errors=True)
 
 
-__all__ = ["DEMO_CHECKPOINT", "PHOTO_FILES", "STAGES", "ReconstructConfig", "Reconstruction", "Reconstructor",
-           "StageTimes", "load_model", "resolve_device", "staged_output"]
+__all__ = ["DEMO_CHECKPOINT", "PHOTO_FILES", "STAGES", "Progress", "ReconstructConfig", "Reconstruction",
+           "Reconstructor", "StageTimes", "load_model", "resolve_device", "staged_output"]

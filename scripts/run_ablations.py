@@ -156,13 +156,16 @@ class Runner:
         for name, path in checkpoints.items():
             cmd += ["--checkpoint", f"{name}={path}"]
         cmd += list(extra)
-        # The evaluation is redone only when its command (checkpoints, options) changed.
+        # The evaluation is redone only when its command (checkpoints, options) or the checkpoints' weights
+        # changed (a retrained run writes the same step folder names).
         stamp, summary = self.work / study / "eval_command.txt", out / "summary.json"
-        if summary.is_file() and stamp.is_file() and stamp.read_text() == show(cmd):
+        weights = [Path(p) / "model.safetensors" for p in checkpoints.values()]
+        key = "\n".join([show(cmd)] + [f"{w} {w.stat().st_size} {w.stat().st_mtime_ns}" for w in weights])
+        if summary.is_file() and stamp.is_file() and stamp.read_text() == key:
             print(f"evaluation of {study} is up to date ({summary})", flush=True)
         else:
             self.run(cmd, f"eval {study}")
-            stamp.write_text(show(cmd))
+            stamp.write_text(key)
         return json.loads(summary.read_text())
 
 

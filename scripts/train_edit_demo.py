@@ -285,11 +285,19 @@ def _disentangle_verdict(d: dict, m: dict) -> str:
              f"{rec['rgb']:.4f}) between the same subjects' images: the heads of these small models differ in "
              f"shape by millimetres only (positions are capped at s_max = {m['s_max']:.0%} of the head size from "
              "the template, and the pixel loss averages)." if rec else "")
-    if d["position_ratio_style_over_map"] < 1:
-        return ("Geometry follows the map more than the style, colour the style more than the map: the separation "
-                "that nothing in the architecture enforces (docs/editing.md) was learned from the data." + scale)
+    ratio = d["position_ratio_style_over_map"]
+    colour = (f"Colour follows the style ({d['rgb_ratio_style_over_map']:.1f} x the map swap's colour change): that "
+              "separation, which nothing in the architecture enforces (docs/editing.md), was learned from the data.")
+    if ratio < 0.5:
+        return (f"Geometry follows the map ({1 / ratio:.1f} x the style swap's displacement) and {colour[0].lower()}"
+                f"{colour[1:]}" + scale)
+    if ratio < 1:
+        return (f"**Geometry is only barely disentangled**: a style swap moves the Gaussians {ratio:.2f} x as far as "
+                "a map swap, so the map decides the shape hardly more than the style does (a likely reason: the "
+                f"random CLIP stand-in's embedding keeps the image's layout, which real CLIP does not). {colour}"
+                + scale)
     return ("**This demo is NOT disentangled in geometry**: a style swap moves the Gaussians "
-            f"{d['position_ratio_style_over_map']:.1f} x as far as a map swap. In training the style image is the "
+            f"{ratio:.1f} x as far as a map swap. In training the style image is the "
             "map's own image (the paper's setup), and a likely reason is that the random CLIP stand-in's embedding "
             "keeps much of the image's layout (a random ViT has none of CLIP's learned invariances), so the "
             "network reads the head's shape from the style at least as easily as from the map. Colour does follow "

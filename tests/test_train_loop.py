@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from perchead.losses import ImageLoss, build_loss
+from perchead.losses import ImageLoss, LossConfig, build_loss
 from perchead.model import PercHead
 from perchead.train import (
     CheckpointConfig,
@@ -186,6 +186,9 @@ def test_bad_config_values_are_named():
         TrainConfig(loss_name="nope")
     with pytest.raises(ValueError, match="studio_fraction"):
         TrainConfig(data=DataConfig(studio_fraction=1.5))
+    with pytest.raises(ValueError, match="pixel loss needs"):
+        TrainConfig(loss_name="pixel", loss=LossConfig(l1_weight=0.0, ssim_weight=0.0))
+    TrainConfig(loss_name="pixel", loss=LossConfig(l1_weight=0.0, ssim_weight=0.3, mse_weight=1.0))
 
 
 def test_resolved_config_round_trips(toy_data, tmp_path):

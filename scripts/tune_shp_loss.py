@@ -26,7 +26,6 @@ from perchead.losses import LossConfig, build_loss
 from perchead.model import PercHead
 from perchead.model.lifting import batch_input_camera
 from perchead.model.shp_cnn import ShpCnn
-from perchead.render import rasterize
 from perchead.train import DataConfig, TrainStep
 from perchead.train.data import PositionDataset, collate
 
@@ -41,9 +40,8 @@ def cached_renders(model: PercHead, data: str, split: str, samples: int, batch: 
     for start in range(0, samples, batch):
         b = collate([positions[i] for i in range(start, min(start + batch, samples))], size, size)
         with torch.no_grad():
-            g = step.gaussians(b.input_image, b.input_mask, camera=batch_input_camera(model.config, b.viewmats,
-                                                                                       b.Ks, size))
-            rgb = rasterize(g, b.viewmats, b.Ks, size, size).rgb.permute(0, 1, 4, 2, 3)
+            camera = batch_input_camera(model.config, b.viewmats, b.Ks, size)
+            rgb = step.render(step.gaussians(b.input_image, b.input_mask, camera=camera), b.viewmats, b.Ks, size)
         raws.append(rgb[b.valid])
         targets.append(b.targets[b.valid])
     return torch.cat(raws), torch.cat(targets)

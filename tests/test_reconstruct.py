@@ -199,6 +199,15 @@ def test_no_face_photo(checkpoint, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_a_photo_above_max_pixels_is_refused(checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["reconstruct", str(PHOTO), "-o", str(out), "--checkpoint", str(checkpoint), "--max-pixels", "1000",
+               *FAST])
+    assert rc != 0
+    assert "above the limit of" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_missing_demo_checkpoint_says_so(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(reconstruct_module, "DEMO_CHECKPOINT", tmp_path / "demo")
     rc = main(["reconstruct", str(PHOTO), "-o", str(tmp_path / "out"), *FAST])

@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -166,7 +166,6 @@ class PercheadApp:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._counter = itertools.count(1)
         self.rec = reconstructor or Reconstructor(self._render_config(cfg.checkpoint))
-        self._limit_pixels(self.rec)
         self.edit_rec: Reconstructor | None = None
         self.edit_error: str | None = None
         self.edit_notice = ""
@@ -175,10 +174,8 @@ class PercheadApp:
     # -- setup ----------------------------------------------------------------------------------------------
     def _render_config(self, checkpoint: str) -> ReconstructConfig:
         c = self.config
-        return ReconstructConfig(checkpoint=checkpoint, device=c.device, size=c.size, frames=c.frames)
-
-    def _limit_pixels(self, rec: Reconstructor) -> None:
-        rec.preprocess_config = replace(rec.preprocess_config, max_pixels=self.config.max_pixels)
+        return ReconstructConfig(checkpoint=checkpoint, device=c.device, size=c.size, frames=c.frames,
+                                 max_pixels=c.max_pixels)
 
     def _load_editing(self) -> None:
         """Load the editing network and its CLIP. The bundled demo missing (or its CLIP not available) only
@@ -206,7 +203,6 @@ class PercheadApp:
         self.edit_rec = Reconstructor(self._render_config(source), model=net)
         # what the checkpoint's authors say about it (the bundled demo: text prompts are not understood)
         self.edit_notice = str(getattr(net, "notice", "") or "")
-        self._limit_pixels(self.edit_rec)
 
     def close(self) -> None:
         if self._own_work_dir:

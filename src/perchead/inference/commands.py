@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 
 import tyro
 
+from ..preprocess.io import DEFAULT_MAX_PIXELS
 from .reconstruct import ReconstructConfig, Reconstructor
 from .video import is_video, reconstruct_video
 
@@ -56,6 +57,7 @@ def reconstruct(
     sharpen: bool = True,
     sharpen_size: int | None = None,
     allow_no_face: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     every: int = 1,
     max_frames: int | None = None,
     turn_frames: int = 120,
@@ -88,6 +90,7 @@ def reconstruct(
         sharpen_size: side at which SHP-CNN runs, its correction upsampled to --size (default: the model's
             input size, at which the sharpen stage trained it).
         allow_no_face: when no face is found, use the centred square of the whole image as the crop.
+        max_pixels: photos with more pixels than this are refused (a decompression bomb or a mistaken file).
         every: videos: reconstruct every N-th frame.
         max_frames: videos: reconstruct at most this many frames.
         turn_frames: videos: the rendered view turns once around the head every N output frames.
@@ -107,7 +110,8 @@ def reconstruct(
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     config = ReconstructConfig(checkpoint=checkpoint, dino=dino, device=device, size=size, frames=frames,
                                fps=fps, pitch=pitch, video=video, sharpen=sharpen,
-                               sharpen_size=sharpen_size, allow_no_face=allow_no_face, backend=backend)
+                               sharpen_size=sharpen_size, allow_no_face=allow_no_face, max_pixels=max_pixels,
+                               backend=backend)
     # Warnings of the preprocessing are printed below, next to the photo they concern.
     logging.getLogger("perchead.preprocess").setLevel(logging.ERROR)
     rec = Reconstructor(config)

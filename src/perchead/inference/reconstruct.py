@@ -45,7 +45,7 @@ from ..geometry import (
 from ..io import image_grid, save_image, save_ply, save_splat, to_uint8, write_video
 from ..io.commands import GRID_VIEWS
 from ..preprocess import PreprocessConfig, Preprocessed, preprocess_image
-from ..preprocess.io import ImageInput
+from ..preprocess.io import DEFAULT_MAX_PIXELS, ImageInput
 from ..render import gsplat_available, rasterize
 
 Progress = Callable[[float, str], None]
@@ -97,6 +97,8 @@ class ReconstructConfig:
     """a photo without a detected face is cropped as the centred square of the whole image"""
     crop_size: int = 512
     """side of the preprocessed crop (input_crop.png); resized to the model's input size for the network"""
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    """photos with more pixels than this are refused (a decompression bomb or a mistaken file)"""
     backend: Literal["auto", "cpu", "reference", "gsplat"] = "auto"
     """rasteriser: auto = gsplat for CUDA tensors when installed, else the CPU kernels"""
 
@@ -168,8 +170,8 @@ class Reconstructor:
         self.model = (model if model is not None else load_model(self.config.checkpoint, self.config.dino))
         self.model = self.model.to(self.device).eval()
         self.times.load = time.perf_counter() - start
-        self.preprocess_config = PreprocessConfig(size=self.config.crop_size,
-                                                  allow_no_face=self.config.allow_no_face)
+        self.preprocess_config = PreprocessConfig(size=self.config.crop_size, allow_no_face=self.config.allow_no_face,
+                                                  max_pixels=self.config.max_pixels)
         self.sharpens = self.config.sharpen and shp_cnn_changes_images(self.model)
         self.sharpen_size = self.config.sharpen_size or self.model.config.image_size
 

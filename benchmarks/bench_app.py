@@ -39,10 +39,9 @@ def main() -> int:
     import torch
 
     if args.threads is not None:
-        import numba
+        from perchead.inference import set_threads
 
-        torch.set_num_threads(args.threads)
-        numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+        set_threads(args.threads)
 
     from gradio_client import Client, handle_file
 

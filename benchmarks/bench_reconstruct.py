@@ -116,9 +116,10 @@ def main() -> None:
     import numba
     import torch
 
+    from perchead.inference import set_threads
+
     if args.threads:
-        torch.set_num_threads(args.threads)
-        numba.set_num_threads(args.threads)
+        set_threads(args.threads)
 
     load_before = os.getloadavg()
     print(f"machine: {cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "

@@ -48,13 +48,9 @@ def app(
     from .handlers import AppConfig, PercheadApp
 
     if threads is not None:
-        if threads < 1:
-            raise ValueError(f"--threads must be at least 1, got {threads}")
-        import numba
-        import torch
+        from perchead.inference import set_threads
 
-        torch.set_num_threads(threads)
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        set_threads(threads)
     if port is not None and not 0 < port < 65536:
         raise ValueError(f"--port must be 1..65535, got {port}")
     logging.getLogger("perchead.preprocess").setLevel(logging.ERROR)  # the page shows the warnings it needs

@@ -13,10 +13,11 @@ from .reconstruct import (
     Reconstructor,
     StageTimes,
     load_model,
+    set_threads,
     staged_output,
 )
 from .video import VIDEO_SUFFIXES, VideoResult, is_video, reconstruct_video
 
 __all__ = ["DEMO_CHECKPOINT", "PHOTO_FILES", "STAGES", "VIDEO_SUFFIXES", "Progress", "ReconstructConfig",
            "Reconstruction", "Reconstructor", "StageTimes", "VideoResult", "is_video", "load_model",
-           "reconstruct_video", "staged_output"]
+           "reconstruct_video", "set_threads", "staged_output"]

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 import tyro
 
 from ..preprocess.io import DEFAULT_MAX_PIXELS
-from .reconstruct import ReconstructConfig, Reconstructor
+from .reconstruct import ReconstructConfig, Reconstructor, set_threads
 from .video import is_video, reconstruct_video
 
 
@@ -101,13 +101,7 @@ def reconstruct(
     """
     files, batch = _expand(inputs)
     if threads is not None:
-        if threads < 1:
-            raise ValueError(f"--threads must be at least 1, got {threads}")
-        import numba
-        import torch
-
-        torch.set_num_threads(threads)
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        set_threads(threads)
     config = ReconstructConfig(checkpoint=checkpoint, dino=dino, device=device, size=size, frames=frames,
                                fps=fps, pitch=pitch, video=video, sharpen=sharpen,
                                sharpen_size=sharpen_size, allow_no_face=allow_no_face, max_pixels=max_pixels,

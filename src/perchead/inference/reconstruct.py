@@ -339,6 +339,16 @@ class Reconstructor:
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
+def set_threads(threads: int) -> None:
+    """CPU threads for the network (torch) and the rasteriser (numba; at most the pool numba started with)."""
+    if threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {threads}")
+    import numba
+
+    torch.set_num_threads(threads)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -413,4 +423,4 @@ def staged_output(out_dir: str | os.PathLike) -> Iterator[Path]:
 
 
 __all__ = ["DEMO_CHECKPOINT", "PHOTO_FILES", "STAGES", "Progress", "ReconstructConfig", "Reconstruction",
-           "Reconstructor", "StageTimes", "load_model", "resolve_device", "staged_output"]
+           "Reconstructor", "StageTimes", "load_model", "resolve_device", "set_threads", "staged_output"]

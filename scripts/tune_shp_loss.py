@@ -15,12 +15,12 @@ on the checkpoint that ``perchead train --stage sharpen`` makes.
 from __future__ import annotations
 
 import argparse
-import math
 import time
+from functools import partial
 
 import torch
 
-from perchead.data.format import read_dataset
+from perchead.data.format import HeadDataset, read_dataset
 from perchead.eval.metrics import psnr, ssim
 from perchead.losses import LossConfig, build_loss
 from perchead.model import PercHead
@@ -28,12 +28,13 @@ from perchead.model.lifting import batch_input_camera
 from perchead.model.shp_cnn import ShpCnn
 from perchead.train import DataConfig, TrainStep
 from perchead.train.data import PositionDataset, collate
+from perchead.train.trainer import lr_lambda
 
 
-def cached_renders(model: PercHead, data: str, split: str, samples: int, batch: int) -> tuple[torch.Tensor, ...]:
+def cached_renders(model: PercHead, dataset: HeadDataset, split: str, samples: int,
+                   batch: int) -> tuple[torch.Tensor, ...]:
     """(raw renders, targets) [N, 3, S, S] of every real view of the first ``samples`` sample positions."""
-    cfg = DataConfig(root=data, batch_size=batch)
-    positions = PositionDataset(read_dataset(data), split, cfg, seed=0)
+    positions = PositionDataset(dataset, split, DataConfig(batch_size=batch), seed=0)
     step = TrainStep(model, "reconstruct", None, "auto", False)
     size = model.config.image_size
     raws, targets = [], []
@@ -41,7 +42,7 @@ def cached_renders(model: PercHead, data: str, split: str, samples: int, batch: 
         b = collate([positions[i] for i in range(start, min(start + batch, samples))], size, size)
         with torch.no_grad():
             camera = batch_input_camera(model.config, b.viewmats, b.Ks, size)
-            rgb = step.render(step.gaussians(b.input_image, b.input_mask, camera=camera), b.viewmats, b.Ks, size)
+            rgb = step.predict(b.input_image, b.input_mask, b.viewmats, b.Ks, size, camera=camera)
         raws.append(rgb[b.valid])
         targets.append(b.targets[b.valid])
     return torch.cat(raws), torch.cat(targets)
@@ -52,15 +53,13 @@ def scores(pred: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
     return float(psnr(pred, target).mean()), float(ssim(pred, target).mean())
 
 
-def fit(model: PercHead, weights: tuple[float, float, float], train: tuple[torch.Tensor, ...],
-        args: argparse.Namespace) -> ShpCnn:
+def fit(model: PercHead, weights: LossConfig, train: tuple[torch.Tensor, ...], args: argparse.Namespace) -> ShpCnn:
     torch.manual_seed(0)
     net = ShpCnn(model.config.shp_channels, model.config.shp_blocks)
-    l1, ssim_w, mse = weights
-    loss_fn = build_loss("pixel", LossConfig(l1_weight=l1, ssim_weight=ssim_w, mse_weight=mse))
+    loss_fn = build_loss("pixel", weights)
     optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.1 + 0.45 * (1 + math.cos(math.pi * min(s / args.steps, 1.0))))
+        optimizer, partial(lr_lambda, warmup=0, total=args.steps, min_ratio=0.1))
     raw, target = train
     for _ in range(args.steps):
         idx = torch.randint(0, len(raw), (args.batch,))
@@ -88,20 +87,25 @@ def main() -> None:
     weightings = [tuple(float(w) for w in text.split(",")) for text in args.weights]
     if any(len(w) != 3 for w in weightings):
         raise SystemExit("--weights: each weighting is three numbers, l1,ssim,mse")
+    losses = [LossConfig(l1_weight=l1, ssim_weight=ssim_w, mse_weight=mse) for l1, ssim_w, mse in weightings]
+    for text, loss in zip(args.weights, losses, strict=True):
+        if loss.pixel_weights_problem():
+            raise SystemExit(f"--weights {text}: {loss.pixel_weights_problem()}")
 
     model = PercHead.from_pretrained(args.checkpoint).eval()
     t0 = time.perf_counter()
-    train = cached_renders(model, args.data, "train", args.samples, 4)
-    val = cached_renders(model, args.data, "val", args.val_samples, 4)
+    dataset = read_dataset(args.data)
+    train = cached_renders(model, dataset, "train", args.samples, 4)
+    val = cached_renders(model, dataset, "val", args.val_samples, 4)
     print(f"rendered {len(train[0])} training and {len(val[0])} validation views in "
           f"{time.perf_counter() - t0:.0f} s; SHP-CNN {model.config.shp_channels} channels x "
           f"{model.config.shp_blocks} blocks, {args.steps} steps of {args.batch} views, lr {args.lr:g}, "
           f"torch threads {torch.get_num_threads()}")
     print("| l1 | ssim | mse | val PSNR | val SSIM | minutes |\n|---:|---:|---:|---:|---:|---:|")
     print("| raw renders | | | {:.3f} | {:.4f} | |".format(*scores(*val)))
-    for weights in weightings:
+    for weights, loss in zip(weightings, losses, strict=True):
         t0 = time.perf_counter()
-        net = fit(model, weights, train, args)
+        net = fit(model, loss, train, args)
         with torch.no_grad():
             pred = torch.cat([net(chunk) for chunk in val[0].split(64)])
         p, s = scores(pred, val[1])

@@ -46,3 +46,10 @@ def test_a_weighting_of_the_wrong_length_is_refused(inputs):
     model, data = inputs
     res = _run("--checkpoint", str(model), "--data", str(data), "--weights", "1,2")
     assert res.returncode != 0 and "three numbers, l1,ssim,mse" in res.stderr
+
+
+def test_a_weighting_the_pixel_loss_refuses_stops_before_rendering(inputs):
+    model, data = inputs
+    res = _run("--checkpoint", str(model), "--data", str(data), "--weights", "0.8,0.2,0", "0,0,0")
+    assert res.returncode != 0 and "--weights 0,0,0: the pixel loss needs weights >= 0" in res.stderr
+    assert "rendered" not in res.stdout

@@ -46,6 +46,14 @@ class LossConfig:
     1.0 MSE + 0.3 (1 - SSIM) with no L1, see docs/demo_checkpoint.md)"""
     lpips_net: str = "alex"
 
+    def pixel_weights_problem(self) -> str | None:
+        """Why the "pixel" loss cannot be built from these weights, or None."""
+        weights = {"l1_weight": self.l1_weight, "ssim_weight": self.ssim_weight, "mse_weight": self.mse_weight}
+        if min(weights.values()) < 0 or max(weights.values()) <= 0:
+            return ("the pixel loss needs weights >= 0, at least one > 0; got "
+                    + ", ".join(f"{name} {value}" for name, value in weights.items()))
+        return None
+
 
 LOSS_NAMES: dict[str, str] = {
     "perceptual": "paper: 1.0 * DINOv2 (layers 8, 11) + 1.0 * SAM 2.1 (the default)",
@@ -90,11 +98,11 @@ def build_loss(
     if name == "lpips":
         return LPIPSLoss(cfg.lpips_net)
     if name == "pixel":
+        problem = cfg.pixel_weights_problem()
+        if problem:
+            raise ValueError(problem)
         terms = {"l1": (cfg.l1_weight, L1Loss()), "ssim": (cfg.ssim_weight, SSIMLoss()),
                  "mse": (cfg.mse_weight, MSELoss())}
-        if any(w < 0 for w, _ in terms.values()) or not any(w > 0 for w, _ in terms.values()):
-            raise ValueError(f"the pixel loss needs weights >= 0, at least one > 0; got l1_weight {cfg.l1_weight}, "
-                             f"ssim_weight {cfg.ssim_weight}, mse_weight {cfg.mse_weight}")
         return WeightedSum({key: term for key, term in terms.items() if term[0] > 0})
     choices = ", ".join(f"{key} ({desc})" for key, desc in LOSS_NAMES.items())
     raise ValueError(f"unknown loss {name!r}; choose one of: {choices}")

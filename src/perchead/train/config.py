@@ -139,10 +139,8 @@ class TrainConfig:
             problems.append(f"clip is used by the edit stage only (this run is stage '{self.stage}')")
         if self.loss_name is not None and self.loss_name not in LOSS_NAMES:
             problems.append(f"loss_name {self.loss_name!r} is not one of {', '.join(LOSS_NAMES)}")
-        pixel = (self.loss.l1_weight, self.loss.ssim_weight, self.loss.mse_weight)
-        if self.loss_name == "pixel" and (min(pixel) < 0 or max(pixel) <= 0):
-            problems.append("the pixel loss needs loss.l1_weight, loss.ssim_weight, loss.mse_weight >= 0, at least one "
-                            f"> 0; got {', '.join(map(str, pixel))}")
+        if self.loss_name == "pixel" and self.loss.pixel_weights_problem():
+            problems.append(f"loss: {self.loss.pixel_weights_problem()}")
         if self.data.batch_size < 1:
             problems.append(f"data.batch_size must be >= 1, got {self.data.batch_size}")
         if self.data.target_views < 0:

@@ -35,7 +35,6 @@ import argparse
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 import textwrap
 import time
@@ -83,12 +82,6 @@ def set_option(cmd: list[str], option: str, value: str) -> list[str]:
     return cmd
 
 
-def show(cmd: list[str]) -> str:
-    if cmd[:3] == [sys.executable, "-m", "perchead"]:
-        return " ".join(["perchead", *cmd[3:]])
-    return " ".join(cmd)
-
-
 class Runner:
     def __init__(self, work: Path, data: Path, steps: int) -> None:
         self.work, self.data, self.steps = work, data, steps
@@ -97,18 +90,11 @@ class Runner:
         work.mkdir(parents=True, exist_ok=True)
 
     def run(self, cmd: list[str], label: str) -> float:
-        print(f"$ {show(cmd)}", flush=True)
-        t0 = time.time()
-        with open(self.log, "a") as fh:
-            fh.write(f"$ {show(cmd)}\n")
-            fh.flush()
-            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
-        seconds = time.time() - t0
-        if proc.returncode != 0:
-            raise SystemExit(f"command failed with exit status {proc.returncode}; see {self.log}")
+        """train_demo's run() (printed, logged, fails loudly), and its wall time appended to times.json."""
+        seconds, _ = self.demo.run(cmd, self.log)
         path = self.work / "times.json"
         times = json.loads(path.read_text()) if path.is_file() else []
-        times.append({"what": label, "seconds": round(seconds, 1), "command": show(cmd),
+        times.append({"what": label, "seconds": round(seconds, 1), "command": self.demo.show(cmd),
                       "threads": os.environ.get("OMP_NUM_THREADS", "unset"),
                       "ended": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
         path.write_text(json.dumps(times, indent=1) + "\n")
@@ -122,32 +108,25 @@ class Runner:
             cmd = set_option(cmd, option, value)
         return cmd
 
-    def latest(self, run_dir: Path) -> Path | None:
-        latest = run_dir / "checkpoints" / "latest"
-        return run_dir / "checkpoints" / latest.read_text().strip() if latest.is_file() else None
-
     def finished(self, run_dir: Path, steps: int) -> Path | None:
-        ckpt = self.latest(run_dir)
-        return ckpt if ckpt is not None and ckpt.name == f"step_{steps:08d}" else None
+        return self.demo.latest_checkpoint(run_dir) if self.demo.finished_steps(run_dir) == steps else None
+
+    def ensure(self, run_dir: Path, steps: int, cmd: list[str], label: str) -> Path:
+        """The run's final checkpoint, training it first unless it has finished."""
+        if self.finished(run_dir, steps) is None:
+            self.run(cmd, label)
+        ckpt = self.finished(run_dir, steps)
+        if ckpt is None:
+            raise SystemExit(f"{run_dir} did not reach step {steps}; see {self.log}")
+        return ckpt
 
     def train(self, name: str) -> Path:
-        run_dir = self.work / "runs" / name
-        if self.finished(run_dir, self.steps) is None:
-            self.run(self.train_command(name), f"train {name}")
-        ckpt = self.finished(run_dir, self.steps)
-        if ckpt is None:
-            raise SystemExit(f"{run_dir} did not reach step {self.steps}; see {self.log}")
-        return ckpt
+        return self.ensure(self.work / "runs" / name, self.steps, self.train_command(name), f"train {name}")
 
     def sharpen(self, init_from: Path) -> Path:
-        s = self.demo.SHARPEN
-        run_dir = self.work / "runs" / "perchead_sharpen"
-        if self.finished(run_dir, s["steps"]) is None:
-            self.run(self.demo.train_cmd("sharpen", self.data, run_dir, s, init_from=init_from), "train sharpen")
-        ckpt = self.finished(run_dir, s["steps"])
-        if ckpt is None:
-            raise SystemExit(f"{run_dir} did not reach step {s['steps']}; see {self.log}")
-        return ckpt
+        s, run_dir = self.demo.SHARPEN, self.work / "runs" / "perchead_sharpen"
+        cmd = self.demo.train_cmd("sharpen", self.data, run_dir, s, init_from=init_from)
+        return self.ensure(run_dir, s["steps"], cmd, "train sharpen")
 
     # -- evaluation -------------------------------------------------------------------------------------------
     def evaluate(self, study: str, checkpoints: dict[str, Path], extra: list[str] = ()) -> dict:
@@ -160,7 +139,7 @@ class Runner:
         # changed (a retrained run writes the same step folder names).
         stamp, summary = self.work / study / "eval_command.txt", out / "summary.json"
         weights = [Path(p) / "model.safetensors" for p in checkpoints.values()]
-        key = "\n".join([show(cmd)] + [f"{w} {w.stat().st_size} {w.stat().st_mtime_ns}" for w in weights])
+        key = "\n".join([self.demo.show(cmd)] + [f"{w} {w.stat().st_size} {w.stat().st_mtime_ns}" for w in weights])
         if summary.is_file() and stamp.is_file() and stamp.read_text() == key:
             print(f"evaluation of {study} is up to date ({summary})", flush=True)
         else:
@@ -245,7 +224,9 @@ def main() -> None:
         checkpoints = {}
         for _, name in rows:
             loss = RUNS[name][1].get("--loss-name")
-            reason = loss_unavailable(loss) if loss else None
+            # Only before training: building a DINOv2/SAM loss loads its weights, and a finished run needs none.
+            to_train = runner.finished(work / "runs" / name, args.steps) is None
+            reason = loss_unavailable(loss) if loss and to_train else None
             if reason is not None:
                 notes[name] = reason
                 print(f"not run: {name} ({RUNS[name][0]}): {reason}", flush=True)

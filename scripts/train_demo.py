@@ -124,17 +124,20 @@ def record_time(work: Path, stage: str, seconds: float, note: str = "") -> None:
 
 
 def latest_checkpoint(run_dir: Path) -> Path:
-    latest = run_dir / "checkpoints" / "latest"
-    if not latest.is_file():
+    from perchead.train.checkpoint import read_latest
+
+    latest = read_latest(run_dir / "checkpoints")
+    if latest is None:
         raise SystemExit(f"{run_dir} has no finished checkpoint")
-    return run_dir / "checkpoints" / latest.read_text().strip()
+    return latest
 
 
 def finished_steps(run_dir: Path) -> int:
     """The step of a run's newest checkpoint (0 without one): a rerun of this script skips finished stages,
     so their times are not counted twice."""
-    latest = run_dir / "checkpoints" / "latest"
-    return int(latest.read_text().strip().removeprefix("step_")) if latest.is_file() else 0
+    if not (run_dir / "checkpoints" / "latest").is_file():
+        return 0
+    return int(latest_checkpoint(run_dir).name.removeprefix("step_"))
 
 
 def main() -> None:

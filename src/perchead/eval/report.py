@@ -25,7 +25,6 @@ Gaussians) and, when its SHP-CNN is trained (``--shp auto``) or always (``--shp 
 from __future__ import annotations
 
 import csv
-import json
 import math
 import shlex
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ from typing import Annotated, Any, Literal
 
 import tyro
 
+from perchead.io.atomic import atomic_output, atomic_write_json, atomic_write_text
 from perchead.model import PercHead
 
 from .harness import (
@@ -149,7 +149,7 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     keys: list[str] = []
     for row in rows:
         keys.extend(k for k in row if k not in keys)
-    with path.open("w", newline="") as fh:
+    with atomic_output(path) as tmp, tmp.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=keys)
         writer.writeheader()
         for row in rows:
@@ -444,8 +444,9 @@ def run_eval(checkpoints: dict[str, str], data: Path, out: Path, config: EvalCon
         if best_worst_grid(methods, data, config, rows, best, worst, out / "best_worst.png") is not None:
             figures[f"Best and worst subjects of `{method_names[0]}` (novel-view PSNR)"] = "best_worst.png"
     result = _jsonable({"info": info, "summary": summary, "subjects": per_subject})  # NaN -> null
-    (out / "summary.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "results.md").write_text(results_markdown(summary, per_subject, info, measured, method_names, figures))
+    atomic_write_json(out / "summary.json", result)
+    atomic_write_text(out / "results.md",
+                      results_markdown(summary, per_subject, info, measured, method_names, figures))
     print(results_table(summary, measured, method_names))
     print(f"wrote {out}/: rows.csv, subjects.csv, summary.csv, summary.json, metric_vs_yaw.csv, results.md, "
           + ", ".join(figures.values()))

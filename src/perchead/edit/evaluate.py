@@ -30,13 +30,12 @@ import tyro
 from torch import Tensor
 
 from perchead.data.format import SubjectRecord, load_view, read_dataset
-from perchead.eval.harness import EvalConfig, eval_subjects
+from perchead.eval.harness import EvalConfig, eval_subjects, render_views, sharpen_views
 from perchead.eval.heldout import mean_colour_template
 from perchead.eval.metrics import psnr, ssim
 from perchead.eval.protocol import describe_protocol, view_pairs, views_from_cameras
 from perchead.geometry import Gaussians
 from perchead.model import PercHead
-from perchead.render import rasterize
 
 from .network import EditNetwork, load_edit_network
 
@@ -88,15 +87,6 @@ def _sample(subject: SubjectRecord, indices: Sequence[int], cache: dict[int, Any
             "segmentation": seg[None], "subject": subject.id}
 
 
-def _render(g: Gaussians, viewmats: Tensor, Ks: Tensor, size: int, backend: str) -> Tensor:
-    rgb = rasterize(g.to(torch.float32), viewmats, Ks, size, size, backend=backend).rgb
-    return rgb.permute(0, 1, 4, 2, 3)  # [B, C, 3, R, R]
-
-
-def _sharpened(sharpen: Any, raw: Tensor) -> Tensor:
-    b, c = raw.shape[:2]
-    return sharpen(raw.flatten(0, 1)).unflatten(0, (b, c))
-
 
 @torch.no_grad()
 def predict(net: EditNetwork, batch: Any, size: int, config: EditEvalConfig,
@@ -105,12 +95,12 @@ def predict(net: EditNetwork, batch: Any, size: int, config: EditEvalConfig,
     vm, Ks = batch.viewmats[:, 1:], batch.Ks[:, 1:]
     base = mean_colour_template(net, batch.input_image, batch.input_mask, config.baseline_opacity,
                                 config.baseline_scale)
-    raw = _render(net(batch.input_image, batch.input_mask, batch.input_segmentation), vm, Ks, size, config.backend)
-    out = {BASELINE: _render(base, vm, Ks, size, config.backend), "edit": raw,
-           "edit_sharpened": _sharpened(net.sharpen, raw)}
+    raw = render_views(net(batch.input_image, batch.input_mask, batch.input_segmentation), vm, Ks, size, config.backend)
+    out = {BASELINE: render_views(base, vm, Ks, size, config.backend), "edit": raw,
+           "edit_sharpened": sharpen_views(net, raw)}
     if reconstruction is not None:
-        rec = _render(reconstruction(batch.input_image, batch.input_mask), vm, Ks, size, config.backend)
-        out["reconstruction_sharpened"] = _sharpened(reconstruction.sharpen, rec)
+        rec = render_views(reconstruction(batch.input_image, batch.input_mask), vm, Ks, size, config.backend)
+        out["reconstruction_sharpened"] = sharpen_views(reconstruction, rec)
     return {k: v.clamp(0, 1) for k, v in out.items()}
 
 

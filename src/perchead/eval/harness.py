@@ -89,9 +89,16 @@ class Method:
         raise NotImplementedError
 
 
-def _render(g: Gaussians, viewmats: Tensor, Ks: Tensor, size: int, backend: str) -> Tensor:
+def render_views(g: Gaussians, viewmats: Tensor, Ks: Tensor, size: int, backend: str) -> Tensor:
+    """[B, C, 3, size, size] renders (not clamped) of B heads at their C target cameras."""
     rgb = rasterize(g.to(torch.float32), viewmats, Ks, size, size, backend=backend).rgb
-    return rgb.permute(0, 1, 4, 2, 3)  # [B, C, 3, R, R]
+    return rgb.permute(0, 1, 4, 2, 3)
+
+
+def sharpen_views(model: PercHead, raw: Tensor) -> Tensor:
+    """:func:`render_views` output through the model's SHP-CNN (per image)."""
+    b, c = raw.shape[:2]
+    return model.sharpen(raw.flatten(0, 1)).unflatten(0, (b, c))
 
 
 def shp_is_identity(model: PercHead) -> bool:
@@ -123,11 +130,10 @@ class ModelMethod(Method):
         if input_camera is not None:
             camera = batch_input_camera(self.model.config, input_camera[0][:, None], input_camera[1][:, None], size)
         g = self.model(image, mask) if camera is None else self.model(image, mask, camera=camera)
-        raw = _render(g, viewmats, Ks, size, backend)
+        raw = render_views(g, viewmats, Ks, size, backend)
         out = {self.names[0]: raw.clamp(0, 1)}
         if self.sharpened:
-            b, c = raw.shape[:2]
-            out[self.names[1]] = self.model.sharpen(raw.flatten(0, 1)).unflatten(0, (b, c)).clamp(0, 1)
+            out[self.names[1]] = sharpen_views(self.model, raw).clamp(0, 1)
         return out
 
 
@@ -171,7 +177,7 @@ class MeanColourTemplate(Method):
     @torch.no_grad()
     def render(self, image, mask, viewmats, Ks, size, backend, input_camera=None):
         g = mean_colour_gaussians(self.template, image, mask, self.opacity, self.scale)
-        return {BASELINE: _render(g, viewmats, Ks, size, backend).clamp(0, 1)}
+        return {BASELINE: render_views(g, viewmats, Ks, size, backend).clamp(0, 1)}
 
 
 # -- data ----------------------------------------------------------------------------------------------------

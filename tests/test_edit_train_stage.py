@@ -87,3 +87,8 @@ def test_resume_with_a_clip_of_another_size_is_refused(tmp_path):
     EditNetwork.from_pretrained(tmp_path / "ckpt", clip=str(small)).save_pretrained(tmp_path / "exported")
     with pytest.raises(ValueError, match="exported editing checkpoint"):
         load_stage_model(tmp_path / "exported")
+    # ... also when the trainer is handed one (its architecture note must not read the folder first)
+    trainer = Trainer(TrainConfig(out=str(tmp_path / "run"), stage="edit", device="cpu", clip=str(small),
+                                  init_from=str(tmp_path / "exported")))
+    with pytest.raises(ValueError, match="exported editing checkpoint"):
+        trainer._build_model(None)

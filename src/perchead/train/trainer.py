@@ -37,7 +37,6 @@ from perchead.io.atomic import atomic_write_text
 from perchead.losses import ImageLoss, build_loss
 from perchead.model import PercHead
 from perchead.model.lifting import batch_input_camera
-from perchead.model.perchead_model import read_config
 from perchead.render import rasterize
 
 from . import checkpoint as ckpt
@@ -279,18 +278,19 @@ class Trainer:
                                  "--init-from CHECKPOINT (a step_XXXXXXXX folder of a reconstruct run, or a "
                                  "model folder / hub id)")
             return PercHead(cfg.model)
-        if Path(source).is_dir():
-            arch = read_config(Path(source) / "config.json")
-            differs = {k for k, v in arch.to_dict().items() if k != "preset" and cfg.model.to_dict()[k] != v}
-            if differs:
-                self.note(f"the architecture comes from {source} (preset '{arch.preset}'); this run's model "
-                          f"options (or their defaults) differ in {sorted(differs)} and are not used")
         if cfg.stage == "edit":
             # An edit-stage checkpoint also holds the editing encoder, which plain PercHead refuses to load.
             from perchead.edit.training import load_stage_model
 
-            return load_stage_model(source, cfg)
-        return PercHead.from_pretrained(source)
+            model = load_stage_model(source, cfg)
+        else:
+            model = PercHead.from_pretrained(source)
+        arch = model.config
+        differs = {k for k, v in arch.to_dict().items() if k != "preset" and cfg.model.to_dict()[k] != v}
+        if Path(source).is_dir() and differs:
+            self.note(f"the architecture comes from {source} (preset '{arch.preset}'); this run's model "
+                      f"options (or their defaults) differ in {sorted(differs)} and are not used")
+        return model
 
     def _configure_stage(self, model: PercHead) -> tuple[list[tuple[str, nn.Parameter]], nn.Module | None]:
         stage = self.cfg.stage

@@ -40,6 +40,7 @@ from perchead.inference import (
     ReconstructConfig,
     Reconstruction,
     Reconstructor,
+    no_progress,
     staged_output,
 )
 from perchead.io import save_ply
@@ -168,7 +169,6 @@ class PercheadApp:
         self.rec = reconstructor or Reconstructor(self._render_config(cfg.checkpoint))
         self.edit_rec: Reconstructor | None = None
         self.edit_error: str | None = None
-        self.edit_notice = ""
         self._load_editing()
 
     # -- setup ----------------------------------------------------------------------------------------------
@@ -201,8 +201,11 @@ class PercheadApp:
             log.warning("%s", self.edit_error)
             return
         self.edit_rec = Reconstructor(self._render_config(source), model=net)
-        # what the checkpoint's authors say about it (the bundled demo: text prompts are not understood)
-        self.edit_notice = str(getattr(net, "notice", "") or "")
+
+    @property
+    def edit_notice(self) -> str:
+        """What the editing checkpoint's authors say about it (the bundled demo: text prompts are not understood)."""
+        return self.edit_rec.model.notice if self.edit_rec is not None else ""
 
     def close(self) -> None:
         if self._own_work_dir:
@@ -259,7 +262,7 @@ class PercheadApp:
     # -- Reconstruct tab ------------------------------------------------------------------------------------
     def reconstruct(self, photo: str | Path | None, progress: Progress | None = None) -> Result:
         """An uploaded photo -> the reconstruction's files (or a message saying why not)."""
-        progress = progress or (lambda fraction, what: None)
+        progress = progress or no_progress
         start = time.perf_counter()
         try:
             path = self.check_upload(photo, "photo")
@@ -331,7 +334,7 @@ class PercheadApp:
 
         The reference image wins when both styles are given.
         """
-        progress = progress or (lambda fraction, what: None)
+        progress = progress or no_progress
         start = time.perf_counter()
         try:
             rec = self._edit_available()

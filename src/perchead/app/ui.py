@@ -49,9 +49,9 @@ def _media(result: Result) -> tuple:
             str(f["video"]) if "video" in f else None, paths or None, str(f["ply"]) if "ply" in f else None)
 
 
-def build(app: PercheadApp, max_upload_mb: float | None = None) -> gr.Blocks:
-    """The page. ``max_upload_mb`` is shown in the upload hints (the limit itself is the server's)."""
-    limit = max_upload_mb if max_upload_mb is not None else app.config.max_upload_mb
+def build(app: PercheadApp) -> gr.Blocks:
+    """The page (its upload hints show ``app.config.max_upload_mb``; the limit itself is the server's)."""
+    limit = app.config.max_upload_mb
     image_types = [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"]
 
     with gr.Blocks(title="perchead", analytics_enabled=False, delete_cache=(3600, 7200)) as page:

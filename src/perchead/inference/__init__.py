@@ -13,6 +13,7 @@ from .reconstruct import (
     Reconstructor,
     StageTimes,
     load_model,
+    no_progress,
     set_threads,
     staged_output,
 )
@@ -20,4 +21,4 @@ from .video import VIDEO_SUFFIXES, VideoResult, is_video, reconstruct_video
 
 __all__ = ["DEMO_CHECKPOINT", "PHOTO_FILES", "STAGES", "VIDEO_SUFFIXES", "Progress", "ReconstructConfig",
            "Reconstruction", "Reconstructor", "StageTimes", "VideoResult", "is_video", "load_model",
-           "reconstruct_video", "set_threads", "staged_output"]
+           "no_progress", "reconstruct_video", "set_threads", "staged_output"]

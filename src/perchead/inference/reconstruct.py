@@ -52,7 +52,7 @@ Progress = Callable[[float, str], None]
 """progress(fraction in [0, 1], what is happening): where long work reports to a progress bar (the app's)."""
 
 
-def _no_progress(fraction: float, what: str) -> None:
+def no_progress(fraction: float, what: str) -> None:
     pass
 
 log = logging.getLogger(__name__)
@@ -259,7 +259,7 @@ class Reconstructor:
     # -- whole photos ---------------------------------------------------------------------------------------
     def reconstruct(self, source: ImageInput, progress: Progress | None = None) -> Reconstruction:
         """Photo -> :class:`Reconstruction` in memory (nothing written)."""
-        progress = progress or _no_progress
+        progress = progress or no_progress
         times = StageTimes()
         progress(0.02, "finding the face and cropping the head")
         with self.timed(times, "preprocess"):
@@ -273,7 +273,7 @@ class Reconstructor:
                       progress: Progress | None = None) -> Reconstruction:
         """The views and the turntable of ``gaussians``, as a :class:`Reconstruction` of ``pre``: the end of
         :meth:`reconstruct`, also the end of the editing paths (their Gaussians come from a map and a style)."""
-        progress = progress or _no_progress
+        progress = progress or no_progress
         times = times if times is not None else StageTimes()
         with self.timed(times, "render"):
             progress(0.3, f"rendering the {len(GRID_VIEWS)} views")
@@ -422,5 +422,5 @@ def staged_output(out_dir: str | os.PathLike) -> Iterator[Path]:
     shutil.rmtree(stage, ignore_errors=True)
 
 
-__all__ = ["DEMO_CHECKPOINT", "PHOTO_FILES", "STAGES", "Progress", "ReconstructConfig", "Reconstruction",
+__all__ = ["DEMO_CHECKPOINT", "PHOTO_FILES", "STAGES", "Progress", "ReconstructConfig", "no_progress", "Reconstruction",
            "Reconstructor", "StageTimes", "load_model", "resolve_device", "set_threads", "staged_output"]

@@ -17,8 +17,6 @@
 from __future__ import annotations
 
 import json
-import math
-import platform
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -30,8 +28,8 @@ import tyro
 from torch import Tensor
 
 from perchead.data.format import SubjectRecord, load_view, read_dataset
-from perchead.eval.harness import EvalConfig, eval_subjects, render_views, sharpen_views
-from perchead.eval.heldout import mean_colour_template
+from perchead.eval.harness import EvalConfig, eval_subjects, finite_mean, render_views, sharpen_views
+from perchead.eval.heldout import machine, mean_colour_template, plain_json, summary_table
 from perchead.eval.metrics import psnr, ssim
 from perchead.eval.protocol import describe_protocol, view_pairs, views_from_cameras
 from perchead.geometry import Gaussians
@@ -216,8 +214,8 @@ def evaluate_edit(checkpoint: str | Path | EditNetwork, data: str | Path, config
         "reconstruction": None if reconstruction is None else (
             str(reconstruction) if not isinstance(reconstruction, PercHead) else "<in-memory model>"),
         "data": str(dataset.root), "split": cfg.split, "subjects": len(subjects), "image_size": size,
-        "config": json.loads(json.dumps(asdict(cfg), default=str)),
-        "protocol": json.loads(json.dumps(describe_protocol(cfg.protocol), default=str)),
+        "config": plain_json(asdict(cfg)),
+        "protocol": plain_json(describe_protocol(cfg.protocol)),
         "inputs": "edit: the input view's own segmentation map + its own matted image as the style (CLIP); "
                   f"{BASELINE}: the model's template points painted with the input's mean foreground colour "
                   f"(perchead.eval.heldout, opacity {cfg.baseline_opacity}, std {cfg.baseline_scale} x point "
@@ -225,7 +223,7 @@ def evaluate_edit(checkpoint: str | Path | EditNetwork, data: str | Path, config
         "metrics": "psnr (dB, data range 1, unmasked) and ssim (Gaussian 11x11, sigma 1.5), on white; mean over "
                    "target images; disentanglement on the novel pairs' input views (the most frontal view)",
         "seconds": round(time.perf_counter() - t_start, 1),
-        "machine": f"{platform.machine()} torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "machine": machine(),
     }
     return EditEvalResult(rows, summarise(rows), dis, info)
 
@@ -239,19 +237,16 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             sel = [r for r in rows if r["group"] == group and r["method"] == method]
             if not sel:
                 continue
-            finite = [r["psnr"] for r in sel if math.isfinite(r["psnr"])]
             out.append({"group": group, "method": method, "images": len(sel),
                         "subjects": len({r["subject"] for r in sel}),
-                        "psnr": sum(finite) / len(finite) if finite else float("nan"),
+                        "psnr": finite_mean([r["psnr"] for r in sel]),
                         "ssim": sum(r["ssim"] for r in sel) / len(sel)})
     return out
 
 
 def format_table(result: EditEvalResult) -> str:
     """Markdown: the PSNR / SSIM table, then the disentanglement numbers."""
-    lines = ["| views | method | images | subjects | PSNR (dB) | SSIM |", "|---|---|---:|---:|---:|---:|"]
-    lines += [f"| {s['group']} | {s['method']} | {s['images']} | {s['subjects']} | {s['psnr']:.2f} | "
-              f"{s['ssim']:.4f} |" for s in result.summary]
+    lines = summary_table(result.summary)
     d = result.disentanglement
     if "style_swap" in d:
         lines += ["", f"Disentanglement over {d['ordered_pairs']} ordered pairs of {d['subjects']} subjects "

@@ -131,8 +131,8 @@ def evaluate_heldout(checkpoint: str | Path | PercHead, data: str | Path, config
     info = {
         "checkpoint": "<in-memory model>" if in_memory else str(checkpoint),
         "model_preset": model.config.preset, "data": str(run.data), "split": cfg.split,
-        "subjects": len(run.subjects), "image_size": run.size, "config": _jsonable(asdict(cfg)),
-        "protocol": _jsonable(describe_protocol(cfg.protocol)),
+        "subjects": len(run.subjects), "image_size": run.size, "config": plain_json(asdict(cfg)),
+        "protocol": plain_json(describe_protocol(cfg.protocol)),
         "subjects_without_pairs": run.without_pairs,
         "baseline": methods[0].description,
         "metrics": "psnr (dB, data range 1, unmasked) and ssim (Gaussian 11x11, sigma 1.5), on white; "
@@ -195,12 +195,16 @@ def checks(summary: Sequence[dict[str, Any]], margin_db: float = 2.0) -> dict[st
     return out
 
 
+def summary_table(summary: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines: one row per (group, method) of a summary, PSNR and SSIM."""
+    lines = ["| views | method | images | subjects | PSNR (dB) | SSIM |", "|---|---|---:|---:|---:|---:|"]
+    return lines + [f"| {s['group']} | {s['method']} | {s['images']} | {s['subjects']} | {s['psnr']:.2f} | "
+                    f"{s['ssim']:.4f} |" for s in summary]
+
+
 def format_table(result: HeldoutResult) -> str:
     """A markdown table of the summary, followed by the checks."""
-    lines = ["| views | method | images | subjects | PSNR (dB) | SSIM |", "|---|---|---:|---:|---:|---:|"]
-    for s in result.summary:
-        lines.append(f"| {s['group']} | {s['method']} | {s['images']} | {s['subjects']} | {s['psnr']:.2f} | "
-                     f"{s['ssim']:.4f} |")
+    lines = summary_table(result.summary)
     c = result.checks
     for group in SETTINGS:
         e = c.get(group, {})
@@ -214,7 +218,8 @@ def format_table(result: HeldoutResult) -> str:
     return "\n".join(lines)
 
 
-def _jsonable(obj: Any) -> Any:
+def plain_json(obj: Any) -> Any:
+    """``obj`` with everything JSON cannot hold (paths, tuples, dataclass leftovers) turned into strings/lists."""
     return json.loads(json.dumps(obj, default=str))
 
 
@@ -234,7 +239,7 @@ def eval_heldout(
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(_jsonable(result.to_json()), indent=1) + "\n")
+        tmp.write_text(json.dumps(plain_json(result.to_json()), indent=1) + "\n")
         tmp.replace(out)
         print(f"wrote {out}")
     return 0
@@ -242,4 +247,4 @@ def eval_heldout(
 
 __all__ = ["BASELINE", "METHODS", "SETTINGS", "HeldoutConfig", "HeldoutResult", "checks", "eval_heldout",
            "evaluate_heldout", "format_table", "machine", "mean_colour_template", "mean_foreground_colour",
-           "predict", "summarise"]
+           "plain_json", "predict", "summarise", "summary_table"]

@@ -129,7 +129,7 @@ class ModelMethod(Method):
         camera = None
         if input_camera is not None:
             camera = batch_input_camera(self.model.config, input_camera[0][:, None], input_camera[1][:, None], size)
-        g = self.model(image, mask) if camera is None else self.model(image, mask, camera=camera)
+        g = self.model(image, mask, camera=camera)
         raw = render_views(g, viewmats, Ks, size, backend)
         out = {self.names[0]: raw.clamp(0, 1)}
         if self.sharpened:

@@ -80,7 +80,7 @@ class TrainStep(nn.Module):
             if self.stage == "edit":
                 g = self.generator(image, mask, segmentation)
             else:
-                g = self.generator(image, mask) if camera is None else self.generator(image, mask, camera=camera)
+                g = self.generator(image, mask, camera=camera)
         # The rasterizers work in float32 whatever autocast produced.
         return g.to(torch.float32)
 

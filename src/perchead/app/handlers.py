@@ -31,6 +31,7 @@ import torch
 
 from perchead.data.format import SEG
 from perchead.edit import colorize, load_segmentation, segment_photo
+from perchead.edit.network import DEMO_EDIT_CHECKPOINT
 from perchead.edit.pipeline import generate_head, image_style, map_preprocessed, write_edit_files
 from perchead.edit.segmentation import resize_segmentation
 from perchead.geometry import Gaussians
@@ -44,6 +45,7 @@ from perchead.inference import (
     staged_output,
 )
 from perchead.io import save_ply
+from perchead.model.perchead_model import WEIGHTS_NAME
 from perchead.preprocess import NoFaceError
 from perchead.preprocess.io import open_image
 
@@ -51,7 +53,6 @@ from .painting import MapError, labels_from_editor
 
 log = logging.getLogger(__name__)
 
-DEMO_EDIT_CHECKPOINT = DEMO_CHECKPOINT.parent / "demo_edit"
 EXAMPLE_PHOTO = DEMO_CHECKPOINT.parent / "example_photo.jpg"
 
 # The browser's splat viewer (gsplat.js inside gradio's Model3D) looks from 5 units away with a fixed focal
@@ -184,7 +185,7 @@ class PercheadApp:
 
         explicit = self.config.edit_checkpoint is not None
         source = self.config.edit_checkpoint if explicit else str(DEMO_EDIT_CHECKPOINT)
-        if not explicit and not (DEMO_EDIT_CHECKPOINT / "model.safetensors").is_file():
+        if not explicit and not (DEMO_EDIT_CHECKPOINT / WEIGHTS_NAME).is_file():
             self.edit_error = (f"Editing is not available: the bundled demo editing checkpoint is not in this "
                                f"installation ({DEMO_EDIT_CHECKPOINT}). Start the app with "
                                "`--edit-checkpoint FOLDER` (an editing checkpoint: EditNetwork.save_pretrained or "

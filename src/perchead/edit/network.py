@@ -37,6 +37,8 @@ TRAINER_PREFIX = "edit_encoder."
 """Where the edit training stage keeps the editing encoder inside the PercHead it checkpoints."""
 BUNDLED = "./"
 """A checkpoint config's CLIP that starts with this is a folder inside the checkpoint (one that ships its CLIP)."""
+DEMO_EDIT_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "demo_edit"
+"""the bundled editing demo checkpoint ("demo" for ``load_edit_network``, the app's default)"""
 
 
 class EditNetwork(nn.Module):
@@ -233,11 +235,9 @@ def _from_training_checkpoint(tensors: dict[str, Tensor], source: str | Path) ->
 
 def load_edit_network(checkpoint: str | Path, clip: str | None = None) -> EditNetwork:
     """``checkpoint``: an editing checkpoint folder / hub id, or "demo" for the bundled one."""
-    from perchead.inference import DEMO_CHECKPOINT
-
     source = str(checkpoint)
     if source == "demo":
-        demo = DEMO_CHECKPOINT.parent / "demo_edit"
+        demo = DEMO_EDIT_CHECKPOINT
         if not (demo / WEIGHTS_NAME).is_file():
             raise FileNotFoundError(f"the bundled editing demo checkpoint is missing from this installation "
                                     f"({demo} has no {WEIGHTS_NAME}); pass --checkpoint with an editing "

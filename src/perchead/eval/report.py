@@ -25,6 +25,7 @@ Gaussians) and, when its SHP-CNN is trained (``--shp auto``) or always (``--shp 
 from __future__ import annotations
 
 import csv
+import inspect
 import math
 import shlex
 from collections.abc import Sequence
@@ -485,9 +486,10 @@ def eval_command(
     multi-view subjects of a dataset, novel and extreme views, with every available metric: CSV, JSON, a
     markdown table beside the paper's numbers, and figures. Exits 0 whatever the numbers."""
     checkpoints = parse_checkpoints(checkpoint, name)
-    options = {"metrics": (metrics, tuple(METRICS)), "shp": (shp, "auto"), "figure-subjects": (figure_subjects, 2),
-               "yaw-bin-deg": (yaw_bin_deg, 30.0)}
-    command = command_line(checkpoints, data, out, config, {k: v for k, (v, d) in options.items() if v != d})
+    defaults = inspect.signature(eval_command).parameters
+    given = {"metrics": metrics, "shp": shp, "figure_subjects": figure_subjects, "yaw_bin_deg": yaw_bin_deg}
+    options = {k.replace("_", "-"): v for k, v in given.items() if v != defaults[k].default}
+    command = command_line(checkpoints, data, out, config, options)
     run_eval(checkpoints, data, out, config, metrics, metric, shp, figure_subjects, yaw_bin_deg, command)
     return 0
 

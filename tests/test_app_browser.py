@@ -96,7 +96,8 @@ def served(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("app_browser")
     with OutsideConnections() as outside:
-        settings = dict(size=256, frames=12, device="cpu", max_upload_mb=5, work_dir=root / "work")
+        settings = dict(size=256, frames=12, video_size=256, fit_steps=20, device="cpu", max_upload_mb=5,
+                        work_dir=root / "work")
         app = PercheadApp(AppConfig(**settings))
         if app.edit_error is not None:
             from test_app_handlers import save_tiny_edit_checkpoint

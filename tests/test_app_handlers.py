@@ -20,7 +20,7 @@ from perchead.losses.testing import tiny_clip_config, tiny_clip_tokenizer
 from perchead.model import PercHead, preset
 from perchead.render.project import quat_scale_to_covar
 
-SMALL = dict(size=48, frames=2, device="cpu")
+SMALL = dict(size=48, frames=2, video_size=48, fit_steps=0, device="cpu")
 
 
 def save_tiny_edit_checkpoint(root):

@@ -19,11 +19,15 @@ from PIL import Image
 from perchead.cli import COMMANDS, main
 from perchead.inference import PHOTO_FILES, ReconstructConfig, Reconstructor
 from perchead.inference import reconstruct as reconstruct_module
+from perchead.inference.fit import FitConfig
 from perchead.io import image_grid, load_ply
 from perchead.model import PercHead, preset
 
 PHOTO = Path(__file__).resolve().parents[1] / "src" / "perchead" / "assets" / "example_photo.jpg"
-FAST = ["--size", "64", "--frames", "4", "--device", "cpu", "--no-progress"]
+# The network's output alone (--fit-steps 0): these tests are about inputs, files and errors; the fit has its
+# own tests below and in tests/test_fit.py.
+FAST = ["--size", "64", "--frames", "4", "--video-size", "64", "--device", "cpu", "--no-progress",
+        "--fit-steps", "0", "--no-likeness"]
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +94,70 @@ def test_ply_is_the_networks_output(photo_run, checkpoint):
     torch.testing.assert_close(g.opacity_logits, expected.opacity_logits)
 
 
+def test_fit_steps_0_is_the_feed_forward_result(photo_run, checkpoint):
+    """--fit-steps 0 renders exactly what the code did before the fit existed: the network's Gaussians from
+    the grid cameras (views.png) and, from the estimated input camera, input_view.png."""
+    _, out = photo_run
+    rec = Reconstructor(ReconstructConfig(checkpoint=str(checkpoint), device="cpu", size=64, video=False,
+                                          fit=FitConfig(steps=0), likeness=False))
+    pre = rec.preprocess(PHOTO)
+    g = rec.predict(pre)
+    views = rec.render(g, rec.grid_viewmats())
+    expected = rec.views_image(reconstruct_module.Reconstruction(pre.source, pre, g, views, None))
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "views.png").convert("RGB")), expected)
+
+
+@pytest.fixture(scope="module")
+def fitted_run(checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fitted") / "out"
+    fast = [a for a in FAST if a not in ("--fit-steps", "0", "--no-likeness")]
+    rc = main(["reconstruct", str(PHOTO), "-o", str(out), "--checkpoint", str(checkpoint), *fast,
+               "--fit-steps", "4", "--fit-size", "48", "--fit-gaussians", "16384"])
+    return rc, out
+
+
+def test_fitted_photo_writes_the_fit_and_the_likeness(fitted_run):
+    rc, out = fitted_run
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(PHOTO_FILES)
+    assert len(load_ply(out / "head.ply")) == 16384  # 4,096 predicted Gaussians split 4 ways
+    meta = json.loads((out / "reconstruction.json").read_text())
+    fit = meta["fit"]
+    assert fit["ran"] and fit["steps"] == 4 and fit["size"] == 48 and fit["num_gaussians"] == 16384
+    assert fit["loss_last"] < fit["loss_first"] and fit["input_l1_after"] < fit["input_l1_before"]
+    assert meta["num_gaussians"] == 16384 and meta["sharpened"] is False  # SHP-CNN is not run on a fit
+    assert meta["times_s"]["fit"] > 0
+    # A random network's head is not a face: dlib finds the photo's face, not necessarily one in the renders.
+    like = meta["likeness"]
+    assert like["photo_face_found"] is True
+    assert set(like) >= {"input_view", "yaw_+0", "yaw_-30", "yaw_+30"}
+    assert all(v is None or 0 <= v < 2 for k, v in like.items() if k.startswith(("input", "yaw")))
+    view = np.asarray(Image.open(out / "input_view.png").convert("RGB"))
+    assert view.shape == image_grid([np.zeros((64, 64, 3), np.uint8)] * 2, ncols=2, labels=["x"] * 2).shape
+
+
+def test_diverging_fit_writes_nothing(checkpoint, tmp_path, capsys, monkeypatch):
+    from perchead.inference import fit as fit_module
+
+    real = fit_module.view_loss
+    calls = []
+
+    def nan_on_third(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if len(calls) >= 3 else loss
+
+    monkeypatch.setattr(fit_module, "view_loss", nan_on_third)
+    out = tmp_path / "out"
+    fast = [a for a in FAST if a not in ("--fit-steps", "0")]
+    rc = main(["reconstruct", str(PHOTO), "-o", str(out), "--checkpoint", str(checkpoint), *fast,
+               "--fit-steps", "5", "--fit-size", "32", "--fit-gaussians", "4096"])
+    assert rc != 0
+    err = capsys.readouterr().err
+    assert "diverged at step 2" in err and "--fit-steps 0" in err
+    assert not out.exists()
+
+
 def test_views_png_size_and_content(photo_run):
     _, out = photo_run
     views = np.asarray(Image.open(out / "views.png").convert("RGB"))
@@ -122,8 +190,13 @@ def test_crop_mask_and_metadata(photo_run):
     assert meta["num_gaussians"] == 4096 and meta["preset"] == "tiny"
     assert meta["render"]["size"] == 64 and meta["render"]["frames"] == 4
     assert meta["preprocess"]["detector"] != "whole-image"
-    assert set(meta["times_s"]) == {"preprocess", "network", "render"}
-    assert all(v > 0 for v in meta["times_s"].values())
+    assert set(meta["times_s"]) == {"preprocess", "network", "fit", "render"}
+    assert all(v > 0 for k, v in meta["times_s"].items() if k != "fit")
+    assert meta["fit"] == {"ran": False, "steps": 0}
+    camera = meta["input_camera"]
+    assert camera["method"] == "landmarks" and abs(camera["yaw_deg"]) < 10  # the astronaut faces the camera
+    assert np.asarray(camera["K"]).shape == (3, 3) and np.asarray(camera["viewmat"]).shape == (4, 4)
+    assert camera["width"] == camera["height"] == 64
 
 
 def test_folder_batch_with_a_corrupt_file(checkpoint, tmp_path, capsys):
@@ -226,7 +299,8 @@ def test_unknown_hub_checkpoint(tmp_path, capsys, monkeypatch):
 
 def test_failed_write_leaves_nothing(checkpoint, tmp_path, monkeypatch):
     """A failure while writing (here: the video encoder) leaves no partial outputs and keeps older ones."""
-    rec = Reconstructor(ReconstructConfig(checkpoint=str(checkpoint), device="cpu", size=32, frames=2))
+    rec = Reconstructor(ReconstructConfig(checkpoint=str(checkpoint), device="cpu", size=32, frames=2,
+                                          fit=FitConfig(steps=0), likeness=False))
     result = rec.reconstruct(PHOTO)
     out = tmp_path / "out"
     out.mkdir()

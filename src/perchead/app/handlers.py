@@ -44,6 +44,7 @@ from perchead.inference import (
     no_progress,
     staged_output,
 )
+from perchead.inference.fit import FitConfig
 from perchead.io import save_ply
 from perchead.model.perchead_model import WEIGHTS_NAME
 from perchead.preprocess import NoFaceError
@@ -77,6 +78,10 @@ class AppConfig:
     """side of every rendered view and of the turntable, pixels"""
     frames: int = 60
     """turntable frames"""
+    video_size: int | None = 384
+    """side of the turntable frames (None: ``size``)"""
+    fit_steps: int = FitConfig.steps
+    """steps of the fit to the photo (0: the network's prediction alone)"""
     max_upload_mb: float = 20.0
     """uploads larger than this are refused"""
     max_pixels: int = 50_000_000
@@ -176,7 +181,8 @@ class PercheadApp:
     def _render_config(self, checkpoint: str) -> ReconstructConfig:
         c = self.config
         return ReconstructConfig(checkpoint=checkpoint, device=c.device, size=c.size, frames=c.frames,
-                                 max_pixels=c.max_pixels)
+                                 video_size=c.video_size, max_pixels=c.max_pixels,
+                                 fit=FitConfig(steps=c.fit_steps))
 
     def _load_editing(self) -> None:
         """Load the editing network and its CLIP. The bundled demo missing (or its CLIP not available) only

@@ -3,6 +3,8 @@
 See docs/reconstruct.md.
 """
 
+from .fit import FitConfig, FitDivergedError, FitResult, densify, fit_to_photo
+from .pose import Pose, estimate_pose
 from .reconstruct import (
     DEMO_CHECKPOINT,
     PHOTO_FILES,
@@ -19,6 +21,7 @@ from .reconstruct import (
 )
 from .video import VIDEO_SUFFIXES, VideoResult, is_video, reconstruct_video
 
-__all__ = ["DEMO_CHECKPOINT", "PHOTO_FILES", "STAGES", "VIDEO_SUFFIXES", "Progress", "ReconstructConfig",
+__all__ = ["DEMO_CHECKPOINT", "PHOTO_FILES", "STAGES", "VIDEO_SUFFIXES", "FitConfig", "FitDivergedError", "FitResult",
+           "Pose", "Progress", "ReconstructConfig", "densify", "estimate_pose", "fit_to_photo",
            "Reconstruction", "Reconstructor", "StageTimes", "VideoResult", "is_video", "load_model",
            "no_progress", "reconstruct_video", "set_threads", "staged_output"]

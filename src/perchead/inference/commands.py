@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 import tyro
 
 from ..preprocess.io import DEFAULT_MAX_PIXELS
+from .fit import FitConfig
 from .reconstruct import ReconstructConfig, Reconstructor, set_threads
 from .video import is_video, reconstruct_video
 
@@ -51,6 +52,7 @@ def reconstruct(
     device: Literal["auto", "cpu", "cuda"] = "auto",
     size: int = 512,
     frames: int = 60,
+    video_size: int | None = 384,
     fps: float = 30.0,
     pitch: float = 10.0,
     video: bool = True,
@@ -62,6 +64,13 @@ def reconstruct(
     max_frames: int | None = None,
     turn_frames: int = 120,
     backend: Literal["auto", "cpu", "reference", "gsplat"] = "auto",
+    fit_steps: int = FitConfig.steps,
+    fit_size: int = FitConfig.size,
+    fit_gaussians: int = FitConfig.num_gaussians,
+    fit_lr: float = FitConfig.lr,
+    fit_mirror_weight: float = FitConfig.mirror_weight,
+    estimate_pose: bool = True,
+    likeness: bool = True,
     threads: int | None = None,
     progress: bool = True,
 ) -> int:
@@ -69,7 +78,10 @@ def reconstruct(
 
     A photo writes into OUT: head.ply (standard 3DGS), head.splat, turntable.mp4, views.png (input crop and
     matted input beside the front, both profiles, back, above and below), input_crop.png, input_mask.png and
-    reconstruction.json; all of them or, on an error, none. A folder (or several inputs) is a batch: one
+    input_view.png (the head from the estimated input camera beside the matted input) and reconstruction.json;
+    all of them or, on an error, none. Photos are fitted: the network's head is densified and optimised against
+    the photo from its estimated camera (--fit-steps 0: the network's prediction alone, the paper's result).
+    Video frames are not fitted. A folder (or several inputs) is a batch: one
     OUT/<name>/ per file; files that fail are listed at the end and the exit status is 1. A video (.mp4, .mov,
     .avi, .webm, .mkv) writes OUT/frames/<frame>.ply per reconstructed frame and OUT/side_by_side.mp4 (input
     crop | rendered view turning around the head).
@@ -83,6 +95,8 @@ def reconstruct(
         device: where the network runs; auto = cuda when available.
         size: side of every rendered view, pixels.
         frames: turntable frames (one full turn).
+        video_size: side of the turntable frames, pixels (default 384: a third cheaper to render than 512;
+            None: --size).
         fps: turntable frame rate.
         pitch: turntable camera elevation in degrees.
         video: write turntable.mp4 (--no-video skips it: most of the time of a CPU run).
@@ -95,6 +109,13 @@ def reconstruct(
         max_frames: videos: reconstruct at most this many frames.
         turn_frames: videos: the rendered view turns once around the head every N output frames.
         backend: rasteriser (auto = gsplat on a CUDA GPU when installed, else the CPU kernels).
+        fit_steps: photos: steps of the fit to the photo (0: none, the network's Gaussians as they are).
+        fit_size: side of the renders the fit compares with the photo, pixels.
+        fit_gaussians: Gaussians of the fitted head (each predicted one split into children; 0: no split).
+        fit_lr: multiplies every learning rate of the fit.
+        fit_mirror_weight: weight of the mirrored photo (seen from the mirrored camera) in the fit.
+        estimate_pose: estimate the input camera's yaw and pitch (off: the standard frontal camera).
+        likeness: write the dlib identity distance between the photo and renders to reconstruction.json.
         threads: CPU threads for the network and the rasteriser (default: all cores); on a machine busy with
             other jobs, 1 can be faster.
         progress: show progress bars.
@@ -103,9 +124,12 @@ def reconstruct(
     if threads is not None:
         set_threads(threads)
     config = ReconstructConfig(checkpoint=checkpoint, dino=dino, device=device, size=size, frames=frames,
-                               fps=fps, pitch=pitch, video=video, sharpen=sharpen,
+                               video_size=video_size, fps=fps, pitch=pitch, video=video, sharpen=sharpen,
                                sharpen_size=sharpen_size, allow_no_face=allow_no_face, max_pixels=max_pixels,
-                               backend=backend)
+                               backend=backend, estimate_pose=estimate_pose, likeness=likeness,
+                               progress=progress,
+                               fit=FitConfig(steps=fit_steps, size=fit_size, num_gaussians=fit_gaussians,
+                                             lr=fit_lr, mirror_weight=fit_mirror_weight))
     # Warnings of the preprocessing are printed below, next to the photo they concern.
     logging.getLogger("perchead.preprocess").setLevel(logging.ERROR)
     rec = Reconstructor(config)
@@ -127,7 +151,11 @@ def reconstruct(
         result = rec.run(path, target)
         notes = f" ({'; '.join(result.preprocessed.warnings)})" if result.preprocessed.warnings else ""
         say(f"{path} -> {target}/ [{', '.join(f.name for f in result.files)}]{notes}")
-        say(f"  times: {result.times.summary(('preprocess', 'network', 'render', 'write'))}")
+        say(f"  times: {result.times.summary(('preprocess', 'network', 'fit', 'render', 'write'))}")
+        if result.likeness and result.likeness.get("photo_face_found"):
+            dist = {k: v for k, v in result.likeness.items() if k.startswith(("input", "yaw"))}
+            say("  likeness (dlib distance to the photo, same person < 0.6): "
+                + ", ".join(f"{k} {'no face' if v is None else f'{v:.3f}'}" for k, v in dist.items()))
         return True
 
     if not batch:

@@ -1,13 +1,16 @@
 """Photo -> 3D head files: preprocessing, the network, renders of the result, and atomic writes.
 
 A :class:`Reconstructor` loads a checkpoint once and then turns any number of photos (or video frames) into
-Gaussians and files, recording the time spent in each stage (load, preprocess, network, render, write)::
+Gaussians and files, recording the time spent in each stage (load, preprocess, network, fit, render, write)::
 
     from perchead.inference import Reconstructor, ReconstructConfig
 
     rec = Reconstructor(ReconstructConfig(checkpoint="ckpt/"))
     result = rec.run("photo.jpg", "out/")        # out/head.ply, head.splat, turntable.mp4, views.png, ...
-    result.gaussians, result.times
+    result.gaussians, result.times, result.pose
+
+Between the network and the renders, photos go through the test-time fit of :mod:`perchead.inference.fit`
+(``FitConfig.steps = 0``: the network's Gaussians as they are, the paper's feed-forward result).
 
 Every camera is the standard head camera (``HEAD_CAMERA_RADIUS``, ``HEAD_CAMERA_FOV_DEG``) that the
 preprocessing crop and the training data assume for the input view, so the "front" render is framed like the
@@ -21,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -47,6 +51,8 @@ from ..io.commands import GRID_VIEWS
 from ..preprocess import PreprocessConfig, Preprocessed, preprocess_image
 from ..preprocess.io import DEFAULT_MAX_PIXELS, ImageInput
 from ..render import gsplat_available, rasterize
+from .fit import FitConfig, FitResult, fit_to_photo
+from .pose import Pose, estimate_pose
 
 Progress = Callable[[float, str], None]
 """progress(fraction in [0, 1], what is happening): where long work reports to a progress bar (the app's)."""
@@ -60,12 +66,15 @@ log = logging.getLogger(__name__)
 DEMO_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "demo"
 """Where the bundled demo checkpoint lives (``--checkpoint demo``)."""
 
-STAGES = ("load", "preprocess", "network", "render", "write")
+STAGES = ("load", "preprocess", "network", "fit", "render", "write")
 RENDER_CHUNK = 8  # cameras per rasterize() call: bounds memory for long turntables at large sizes
 
 # Names of the files written for one photo, in the order they are written.
-PHOTO_FILES = ("head.ply", "head.splat", "turntable.mp4", "views.png", "input_crop.png", "input_mask.png",
-               "reconstruction.json")
+PHOTO_FILES = ("head.ply", "head.splat", "turntable.mp4", "views.png", "input_view.png", "input_crop.png",
+               "input_mask.png", "reconstruction.json")
+LIKENESS_YAWS = (0.0, -30.0, 30.0)
+"""yaws (degrees, pitch 0) of the renders whose dlib identity distance to the photo ``reconstruction.json``
+reports, besides the input camera's"""
 
 
 @dataclass
@@ -82,6 +91,9 @@ class ReconstructConfig:
     """side of every rendered view and of the turntable, pixels"""
     frames: int = 60
     """turntable frames (one full turn)"""
+    video_size: int | None = 384
+    """side of the turntable frames, pixels (None: ``size``). Rendering 65k fitted Gaussians costs ~0.33 s a
+    frame at 512 px and ~0.21 s at 384 px on 2 cores, and the turntable has 60 of them"""
     fps: float = 30.0
     """turntable frame rate"""
     pitch: float = 10.0
@@ -101,12 +113,22 @@ class ReconstructConfig:
     """photos with more pixels than this are refused (a decompression bomb or a mistaken file)"""
     backend: Literal["auto", "cpu", "reference", "gsplat"] = "auto"
     """rasteriser: auto = gsplat for CUDA tensors when installed, else the CPU kernels"""
+    fit: FitConfig = field(default_factory=FitConfig)
+    """the test-time fit to the photo (``fit.steps = 0``: none)"""
+    estimate_pose: bool = True
+    """estimate the input camera's yaw and pitch (perchead.inference.pose); off: the standard frontal camera"""
+    likeness: bool = True
+    """measure the dlib identity distance between the photo and renders (reconstruction.json's ``likeness``)"""
+    progress: bool = False
+    """show a progress bar of the fit on stderr"""
 
     def __post_init__(self) -> None:
         if self.size < 16:
             raise ValueError(f"--size must be at least 16 pixels, got {self.size}")
         if self.frames < 1 or not self.fps > 0:
             raise ValueError(f"need --frames >= 1 and --fps > 0, got {self.frames} and {self.fps}")
+        if self.video_size is not None and self.video_size < 16:
+            raise ValueError(f"--video-size must be at least 16 pixels, got {self.video_size}")
         if self.sharpen_size is not None and self.sharpen_size < 16:
             raise ValueError(f"--sharpen-size must be at least 16 pixels, got {self.sharpen_size}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -120,6 +142,7 @@ class StageTimes:
     load: float = 0.0
     preprocess: float = 0.0
     network: float = 0.0
+    fit: float = 0.0
     render: float = 0.0
     write: float = 0.0
 
@@ -148,6 +171,15 @@ class Reconstruction:
     """uint8 [6, S, S, 3]: the views of ``io.commands.GRID_VIEWS`` (front, profiles, back, above, below)"""
     turntable: np.ndarray | None
     """uint8 [F, S, S, 3], or None with ``video=False``"""
+    pose: Pose = field(default_factory=lambda: Pose(0.0, 0.0))
+    """the input camera (estimated, or the standard frontal one)"""
+    input_view: np.ndarray | None = None
+    """uint8 [S, S, 3]: the head rendered from ``pose``"""
+    fit: FitResult | None = None
+    """the test-time fit, None when it did not run"""
+    likeness: dict | None = None
+    """dlib identity distances photo <-> renders (``reconstruction.json``), None when not measured"""
+    sharpened: bool = False
     times: StageTimes = field(default_factory=StageTimes)
     files: list[Path] = field(default_factory=list)
     """filled by :meth:`Reconstructor.write`"""
@@ -218,14 +250,19 @@ class Reconstructor:
         g.check_finite()  # a broken checkpoint must fail here, not as a black video
         return g
 
-    def render(self, gaussians: Gaussians, viewmats: torch.Tensor) -> np.ndarray:
-        """uint8 [C, S, S, 3] renders on white (sharpened by SHP-CNN when enabled and present)."""
+    def render(self, gaussians: Gaussians, viewmats: torch.Tensor, sharpen: bool | None = None,
+               size: int | None = None) -> np.ndarray:
+        """uint8 [C, S, S, 3] renders on white at ``size`` (default ``config.size``), sharpened by SHP-CNN when
+        ``sharpen`` (by default when enabled and present)."""
+        sharpen = self.sharpens if sharpen is None else sharpen
+        size = size or self.config.size
+        gaussians = gaussians.to(self.render_device)
         out = []
         with torch.inference_mode():
             for start in range(0, len(viewmats), RENDER_CHUNK):
                 vm = viewmats[start:start + RENDER_CHUNK].to(self.render_device)
-                rgb = self.rasterize(gaussians, vm, self.config.size)
-                if self.sharpens:
+                rgb = self.rasterize(gaussians, vm, size)
+                if sharpen:
                     rgb = self.sharpen(gaussians, vm, rgb)
                 out.append(to_uint8(rgb.float()))
         return np.concatenate(out)
@@ -264,25 +301,97 @@ class Reconstructor:
         progress(0.02, "finding the face and cropping the head")
         with self.timed(times, "preprocess"):
             pre = self.preprocess(source)
-        progress(0.2, "running the network")
+        progress(0.15, "running the network")
         with self.timed(times, "network"):
             g = self.predict(pre)
-        return self.render_result(g, pre, times, progress)
+        with self.timed(times, "fit"):
+            pose, fit = self.fit(g, pre, progress)
+        result = self.render_result(g if fit is None else fit.gaussians, pre, times, progress, pose=pose,
+                                    sharpen=fit is None)
+        result.fit = fit
+        if self.config.likeness:
+            with self.timed(times, "render"):
+                result.likeness = self.likeness(result)
+        return result
+
+    def fit(self, gaussians: Gaussians, pre: Preprocessed,
+            progress: Progress | None = None) -> tuple[Pose, FitResult | None]:
+        """The input camera and (with ``fit.steps > 0``) the Gaussians fitted to the photo."""
+        progress = progress or no_progress
+        cfg = self.config.fit
+        image = torch.from_numpy(np.array(pre.image)).permute(2, 0, 1).float() / 255.0
+        mask = torch.from_numpy(np.array(pre.mask, dtype=np.float32))[None]
+        pose = Pose(0.0, 0.0)
+        if self.config.estimate_pose:
+            progress(0.18, "estimating the input camera")
+            pose = estimate_pose(gaussians, image, mask, backend=self.config.backend)
+        if cfg.steps == 0:
+            return pose, None
+        anchors, s_max = None, None
+        if self.model.config.decoder == "template":
+            anchors, s_max = self.model.template.points()[0], float(self.model.heads.s_max_m)
+        bar = None
+        if self.config.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.steps, desc="fit", unit="step", file=sys.stderr, leave=False)
+
+        def step(i: int, n: int, loss: float) -> None:
+            progress(0.2 + 0.25 * i / n, f"fitting the head to the photo: step {i}/{n}, loss {loss:.4f}")
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss:.4f}")
+                bar.update(1)
+
+        try:
+            result = fit_to_photo(gaussians, image, mask, cfg, anchors=anchors, s_max=s_max, pose=pose,
+                                  backend=self.config.backend, progress=step)
+        finally:
+            if bar is not None:
+                bar.close()
+        return pose, result
 
     def render_result(self, gaussians: Gaussians, pre: Preprocessed, times: StageTimes | None = None,
-                      progress: Progress | None = None) -> Reconstruction:
-        """The views and the turntable of ``gaussians``, as a :class:`Reconstruction` of ``pre``: the end of
-        :meth:`reconstruct`, also the end of the editing paths (their Gaussians come from a map and a style)."""
+                      progress: Progress | None = None, pose: Pose | None = None,
+                      sharpen: bool = True) -> Reconstruction:
+        """The views, the input view and the turntable of ``gaussians``, as a :class:`Reconstruction` of
+        ``pre``: the end of :meth:`reconstruct`, also the end of the editing paths (their Gaussians come from a
+        map and a style). ``sharpen=False`` skips SHP-CNN (fitted Gaussians: it was trained on the network's
+        renders, and the fit already matches the photo's sharpness)."""
         progress = progress or no_progress
         times = times if times is not None else StageTimes()
+        pose = pose or Pose(0.0, 0.0)
+        sharpens = sharpen and self.sharpens
         with self.timed(times, "render"):
-            progress(0.3, f"rendering the {len(GRID_VIEWS)} views")
-            views = self.render(gaussians, self.grid_viewmats())
+            progress(0.5, f"rendering the {len(GRID_VIEWS)} views and the input view")
+            views = self.render(gaussians, torch.cat([self.grid_viewmats(), pose.viewmat[None]]), sharpens)
+            views, input_view = views[:-1], views[-1]
             turntable = None
             if self.config.video:
-                progress(0.45, f"rendering the turntable ({self.config.frames} frames)")
-                turntable = self.render(gaussians, self.turntable_viewmats())
-        return Reconstruction(pre.source, pre, gaussians.to("cpu"), views, turntable, times)
+                progress(0.65, f"rendering the turntable ({self.config.frames} frames)")
+                turntable = self.render(gaussians, self.turntable_viewmats(), sharpens,
+                                        self.config.video_size or self.config.size)
+        return Reconstruction(pre.source, pre, gaussians.to("cpu"), views, turntable, pose, input_view,
+                              times=times, sharpened=sharpens)
+
+    def likeness(self, rec: Reconstruction) -> dict:
+        """dlib identity distances between the photo's crop and the renders from the input camera and at
+        :data:`LIKENESS_YAWS` (same person below 0.6); a view where dlib finds no face gets None."""
+        from ..eval.metrics import DlibIdentityMetric
+
+        metric = DlibIdentityMetric()
+        photo = metric.embed(np.ascontiguousarray(rec.preprocessed.crop))
+        out: dict = {"metric": "dlib euclidean distance (same person < 0.6)", "photo_face_found": photo is not None}
+        if photo is None:
+            return out
+        extra = self.render(rec.gaussians.to(self.render_device),
+                            orbit_viewmats(list(LIKENESS_YAWS), [0.0] * len(LIKENESS_YAWS), HEAD_CAMERA_RADIUS),
+                            rec.sharpened)
+        views = {"input_view": rec.input_view, **{f"yaw_{y:+.0f}": v for y, v in zip(LIKENESS_YAWS, extra,
+                                                                                      strict=True)}}
+        for name, image in views.items():
+            e = metric.embed(np.ascontiguousarray(image))
+            out[name] = None if e is None else round(metric.distance(photo, e), 4)
+        return out
 
     def write(self, rec: Reconstruction, out_dir: str | os.PathLike) -> list[Path]:
         """Write every file of ``rec`` into ``out_dir``: all of them, or (on any error) none."""
@@ -292,6 +401,7 @@ class Reconstructor:
             if rec.turntable is not None:
                 write_video(rec.turntable, stage / "turntable.mp4", fps=self.config.fps)
             save_image(self.views_image(rec), stage / "views.png")
+            save_image(self.input_view_image(rec), stage / "input_view.png")
             save_image(rec.preprocessed.crop, stage / "input_crop.png")
             save_image(rec.preprocessed.mask, stage / "input_mask.png")
             (stage / "reconstruction.json").write_text(json.dumps(self.metadata(rec), indent=1) + "\n")
@@ -319,6 +429,15 @@ class Reconstructor:
         names = ["input crop", *labels[:3], "matted input", *labels[3:]]
         return image_grid(cells, ncols=4, labels=names)
 
+    def input_view_image(self, rec: Reconstruction) -> np.ndarray:
+        """The head rendered from the input camera beside the matted input it should look like."""
+        matted = resize_square(rec.preprocessed.image, self.config.size)
+        what = "fitted" if rec.fit is not None else "predicted"
+        p = rec.pose
+        return image_grid([matted, rec.input_view], ncols=2,
+                          labels=["matted input", f"{what}, input camera (yaw {p.yaw_deg:+.0f}, "
+                                                  f"pitch {p.pitch_deg:+.0f})"])
+
     def metadata(self, rec: Reconstruction) -> dict:
         cfg = self.model.config
         return {
@@ -326,15 +445,19 @@ class Reconstructor:
             "checkpoint": str(self.config.checkpoint),
             "preset": cfg.preset,
             "num_gaussians": len(rec.gaussians),
-            "sharpened": self.sharpens,
-            "sharpen_size": self.sharpen_size if self.sharpens else None,
-            "render": {"size": self.config.size, "frames": self.config.frames if rec.turntable is not None
+            "sharpened": rec.sharpened,
+            "sharpen_size": self.sharpen_size if rec.sharpened else None,
+            "input_camera": rec.pose.metadata(self.config.size),
+            "fit": rec.fit.metadata(self.config.fit) if rec.fit is not None else {"ran": False, "steps": 0},
+            "likeness": rec.likeness,
+            "render": {"size": self.config.size, "video_size": self.config.video_size or self.config.size,
+                       "frames": self.config.frames if rec.turntable is not None
                        else 0, "fps": self.config.fps, "pitch_deg": self.config.pitch,
                        "camera_radius_m": HEAD_CAMERA_RADIUS, "fov_deg": HEAD_CAMERA_FOV_DEG,
                        "views": [{"label": lbl, "yaw_deg": y, "pitch_deg": p} for lbl, y, p in GRID_VIEWS]},
             "preprocess": rec.preprocessed.metadata(),
             # The write stage is still running when this is written: only the stages before it.
-            "times_s": {s: round(getattr(rec.times, s), 4) for s in ("preprocess", "network", "render")},
+            "times_s": {s: round(getattr(rec.times, s), 4) for s in ("preprocess", "network", "fit", "render")},
         }
 
 

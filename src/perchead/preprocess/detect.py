@@ -253,6 +253,16 @@ def refine_keypoints(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
     ``rgb`` should be a crop around the face (the mesh model expects the face to fill a good part of it).
     """
+    pts = face_mesh_landmarks(rgb)
+    if pts is None:
+        return None
+    # 468 / 473: the subject's right / left iris centre; 13 / 14: inner upper / lower lip.
+    return pts[468], pts[473], (pts[13] + pts[14]) / 2
+
+
+def face_mesh_landmarks(rgb: np.ndarray) -> np.ndarray | None:
+    """[478, 2] pixel positions of MediaPipe Face Mesh's landmarks (with irises) of the one face in ``rgb``,
+    or None when it finds none (or MediaPipe is not installed)."""
     try:
         result = _mp_face_mesh().process(np.ascontiguousarray(rgb))
     except ImportError:
@@ -260,7 +270,4 @@ def refine_keypoints(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     if not result.multi_face_landmarks:
         return None
     h, w = rgb.shape[:2]
-    lm = result.multi_face_landmarks[0].landmark
-    pt = lambda i: np.array([lm[i].x * w, lm[i].y * h], dtype=np.float64)  # noqa: E731
-    # 468 / 473: the subject's right / left iris centre; 13 / 14: inner upper / lower lip.
-    return pt(468), pt(473), (pt(13) + pt(14)) / 2
+    return np.array([[p.x * w, p.y * h] for p in result.multi_face_landmarks[0].landmark], dtype=np.float64)

@@ -33,15 +33,19 @@ class Projected:
     valid: Tensor  # [N] bool
 
 
-def quat_scale_to_covar(quats: Tensor, scales: Tensor) -> Tensor:
-    """3D covariance R S S^T R^T from (unnormalised) wxyz quaternions and scales."""
+def quat_to_rotmat(quats: Tensor) -> Tensor:
+    """[..., 3, 3] rotation matrices of (unnormalised) wxyz quaternions [..., 4]."""
     w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
-    rot = torch.stack([
+    return torch.stack([
         1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
         2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
         2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
     ], dim=-1).reshape(*quats.shape[:-1], 3, 3)
-    m = rot * scales.unsqueeze(-2)
+
+
+def quat_scale_to_covar(quats: Tensor, scales: Tensor) -> Tensor:
+    """3D covariance R S S^T R^T from (unnormalised) wxyz quaternions and scales."""
+    m = quat_to_rotmat(quats) * scales.unsqueeze(-2)
     return m @ m.transpose(-1, -2)
 
 

@@ -1,0 +1,211 @@
+"""The test-time fit (perchead.inference.fit) and the input camera (perchead.inference.pose).
+
+The demo checkpoint and the project's synthetic heads stand in for a trained model and real photos; every
+threshold below says what it was measured at.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from perchead.data.synth import SynthConfig, make_subject, subject_split
+from perchead.eval.metrics import psnr
+from perchead.geometry import HEAD_CAMERA_FOV_DEG, HEAD_CAMERA_RADIUS, Cameras, Gaussians, orbit_viewmats
+from perchead.inference import fit as fit_module
+from perchead.inference.fit import (
+    FitConfig,
+    FitDivergedError,
+    densify,
+    fit_to_photo,
+    mirror_ramp,
+    mirror_viewmat,
+    photo_colours,
+)
+from perchead.inference.pose import Pose, camera_K, estimate_pose, pose_from_render
+from perchead.inference.reconstruct import load_model
+from perchead.render import rasterize
+from perchead.render.project import quat_to_rotmat
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_model("demo").eval()
+
+
+def synth_view(index: int, yaw: float, pitch: float = 0.0, size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """A held-out synthetic head seen by the standard camera: image on white [3, S, S] and alpha [1, S, S]."""
+    subject = make_subject(SynthConfig(), index)
+    cams = Cameras.orbit([yaw], pitch, HEAD_CAMERA_RADIUS, HEAD_CAMERA_FOV_DEG, size)
+    with torch.no_grad():
+        out = rasterize(subject.gaussians, cams.viewmats, cams.Ks, size, size, backend="cpu")
+    return out.rgb[0].permute(2, 0, 1).contiguous(), out.alpha[0].permute(2, 0, 1).contiguous()
+
+
+TEST_SUBJECTS = [i for i in range(100) if subject_split(SynthConfig(), i) == "test"][:3]
+
+
+@pytest.fixture(scope="module")
+def prediction(demo):
+    """The demo's head for a held-out synthetic subject seen from the front."""
+    image, mask = synth_view(TEST_SUBJECTS[0], 0.0)
+    with torch.no_grad():
+        g = demo(image[None], mask[None])[0]
+    return g, image, mask
+
+
+# -- densify --------------------------------------------------------------------------------------------------
+def test_children_keep_each_parents_mean_and_covariance(prediction):
+    g = prediction[0].select(torch.arange(0, 4096, 97))
+    dense, parents = densify(g, 16 * len(g))
+    assert len(dense) == 16 * len(g) and torch.equal(parents, torch.arange(len(g)).repeat_interleave(16))
+    cov = lambda q, s: (quat_to_rotmat(q) * s.unsqueeze(-2)) @ (quat_to_rotmat(q) * s.unsqueeze(-2)).mT  # noqa: E731
+    means = dense.means.reshape(len(g), 16, 3)
+    centred = means - means.mean(1, keepdim=True)
+    mixture = cov(dense.quats, dense.scales).reshape(len(g), 16, 3, 3).mean(1) + centred.mT @ centred / 16
+    torch.testing.assert_close(means.mean(1), g.means, atol=1e-6, rtol=0)
+    torch.testing.assert_close(mixture, cov(g.quats, g.scales), atol=1e-9, rtol=1e-3)
+
+
+def test_densified_head_renders_like_its_parents(prediction):
+    """Measured 27.8-28.8 dB at 256 px on the demo's head of the example photo and 30.1-32.8 dB here at 128 px
+    (the children of neighbouring parents interleave in depth, so it cannot be exact); the bound, 26 dB, leaves
+    4 dB; mean |alpha difference| measured 0.008, bound 0.02."""
+    g = prediction[0]
+    dense, _ = densify(g, 65536)
+    vm = orbit_viewmats([0.0, 90.0, 180.0], [0.0] * 3, HEAD_CAMERA_RADIUS)
+    K = camera_K(128).expand(3, 3, 3)
+    with torch.no_grad():
+        a, b = rasterize(g, vm, K, 128, 128), rasterize(dense, vm, K, 128, 128)
+    for i in range(3):
+        assert float(psnr(b.rgb[i].permute(2, 0, 1), a.rgb[i].permute(2, 0, 1))) > 26.0, i
+    assert float((b.alpha - a.alpha).abs().mean()) < 0.02
+
+
+def test_densify_refuses_a_count_that_is_not_a_square_multiple(prediction):
+    with pytest.raises(ValueError, match="square multiple"):
+        densify(prediction[0], 3 * 4096)
+    g, parents = densify(prediction[0], 0)
+    assert g is prediction[0] and len(parents) == 4096
+
+
+# -- cameras and colours --------------------------------------------------------------------------------------
+def test_mirror_camera_sees_a_mirrored_scene_as_the_flipped_image():
+    torch.manual_seed(0)
+    n = 40
+    means = torch.randn(n, 3) * 0.05
+    g = Gaussians.from_activated(means, torch.full((n, 3), 0.01), torch.tensor([[1.0, 0, 0, 0]]).expand(n, 4),
+                                 torch.full((n,), 0.8), torch.rand(n, 3))
+    mirrored = g.replace(means=means * torch.tensor([-1.0, 1.0, 1.0]))
+    vm = orbit_viewmats([25.0], [10.0], HEAD_CAMERA_RADIUS)
+    K = camera_K(64)[None]
+    with torch.no_grad():
+        a = rasterize(g, vm, K, 64, 64).rgb[0]
+        b = rasterize(mirrored, mirror_viewmat(vm[0])[None], K, 64, 64).rgb[0]
+    torch.testing.assert_close(b, a.flip(1), atol=2e-3, rtol=0)
+    assert mirror_ramp(0.0, 20.0) == mirror_ramp(4.0, 20.0) == 0.0 and mirror_ramp(-40.0, 20.0) == 1.0
+
+
+def test_photo_colours_are_the_pixels_each_gaussian_draws(prediction):
+    g = prediction[0]
+    image = torch.zeros(3, 64, 64)
+    image[0, :, :32] = 1.0  # left half red, right half blue
+    image[2, :, 32:] = 1.0
+    mask = torch.ones(1, 64, 64)
+    vm = orbit_viewmats([0.0], [0.0], HEAD_CAMERA_RADIUS)[0]
+    colour, weight = photo_colours(g, vm, image, mask)
+    cam_x = (g.means @ vm[0, :3] + vm[0, 3])
+    seen = weight > 0.5
+    assert 0.1 < float(seen.float().mean()) < 0.7  # the front is seen, the back is not
+    # Seen Gaussians well left of the image centre are red, well right of it blue.
+    left, right = seen & (cam_x < -0.03), seen & (cam_x > 0.03)
+    assert left.any() and right.any()
+    assert float(colour[left, 0].mean()) > 0.9 and float(colour[right, 2].mean()) > 0.9
+    assert float(weight[~seen].max()) <= 0.5
+
+
+# -- the fit --------------------------------------------------------------------------------------------------
+def test_a_few_steps_lower_the_input_view_loss(demo, prediction):
+    g, image, mask = prediction
+    anchors, s_max = demo.template.points()[0], float(demo.heads.s_max_m)
+    cfg = FitConfig(steps=8, size=64, num_gaussians=16384)
+    result = fit_to_photo(g, image, mask, cfg, anchors=anchors, s_max=s_max, pose=Pose(0.0, 0.0))
+    assert len(result.gaussians) == 16384 and len(result.losses) == 9
+    before, after = result.input_l1
+    # Measured: L1 0.028 -> 0.014 (ratio 0.48; the bound 0.8).
+    assert after < 0.8 * before
+    assert result.losses[-1] < result.losses[0]
+    # Positions stay within the position head's anchored range.
+    parents = torch.arange(4096).repeat_interleave(4)
+    assert float((result.gaussians.means - anchors[parents]).abs().max()) <= s_max * (1 + 1e-5)
+
+
+def test_fit_keeps_the_unseen_side_close_to_the_prediction(demo, prediction):
+    g, image, mask = prediction
+    anchors, s_max = demo.template.points()[0], float(demo.heads.s_max_m)
+    cfg = FitConfig(steps=8, size=64, num_gaussians=16384)
+    result = fit_to_photo(g, image, mask, cfg, anchors=anchors, s_max=s_max, pose=Pose(0.0, 0.0))
+    start, _ = densify(g, 16384)
+    back = orbit_viewmats([180.0], [0.0], HEAD_CAMERA_RADIUS)
+    K = camera_K(64)[None]
+    with torch.no_grad():
+        a = rasterize(start, back, K, 64, 64).rgb[0]
+        b = rasterize(result.gaussians, back, K, 64, 64).rgb[0]
+    # Measured 30.2 dB (only the silhouette, which the input camera sees, changes): bound 27 dB.
+    assert float(psnr(b.permute(2, 0, 1), a.permute(2, 0, 1))) > 27.0
+
+
+def test_nan_during_the_fit_is_a_clear_error(prediction, monkeypatch):
+    g, image, mask = prediction
+    monkeypatch.setattr(fit_module, "view_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(FitDivergedError, match="diverged at step 0"):
+        fit_to_photo(g, image, mask, FitConfig(steps=3, size=32, num_gaussians=4096), pose=Pose(0.0, 0.0))
+
+
+@pytest.mark.parametrize("bad", [dict(steps=-1), dict(size=8), dict(lr=0.0), dict(lr_colour=float("nan")),
+                                 dict(ssim_weight=1.5), dict(mirror_weight=-1.0), dict(num_gaussians=-4)])
+def test_bad_fit_settings_are_refused(bad):
+    with pytest.raises(ValueError):
+        FitConfig(**bad)
+
+
+# -- the input camera ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("yaw", [0.0, 30.0, -30.0])
+def test_landmark_pose_recovers_the_yaw(yaw, demo):
+    """Face Mesh + PnP on held-out synthetic heads at 512 px. Measured yaw errors on these three subjects at
+    0 / +-30 degrees: 0.4-3.3 (pitch errors up to 6.6); the yaw bound is 5, as the issue asks. At +-60 degrees
+    Face Mesh regresses a less turned face (47-62 measured over five subjects, docs/reconstruct.md), so that
+    case is checked only for a clearly turned camera of the right side, below."""
+    for index in TEST_SUBJECTS:
+        image, mask = synth_view(index, yaw, size=512)
+        pose = estimate_pose(None, image, mask)
+        assert pose.method == "landmarks"
+        assert abs(pose.yaw_deg - yaw) < 5.0, (index, pose)
+        assert abs(pose.pitch_deg) < 10.0, (index, pose)
+
+
+def test_turned_heads_get_a_turned_camera(demo):
+    for yaw in (60.0, -60.0):
+        image, mask = synth_view(TEST_SUBJECTS[0], yaw, size=512)
+        with torch.no_grad():
+            g = demo(F.interpolate(image[None], size=128, mode="bilinear", antialias=True),
+                     F.interpolate(mask[None], size=128, mode="bilinear", antialias=True))[0]
+        pose = estimate_pose(g, image, mask)
+        assert math.copysign(1, pose.yaw_deg) == math.copysign(1, yaw) and abs(pose.yaw_deg) > 35, pose
+
+
+def test_render_pose_is_the_fallback_without_a_face(demo, prediction):
+    g, _, _ = prediction
+    # The demo's own render from a known camera: render-and-compare must find that camera again.
+    vm = orbit_viewmats([40.0], [5.0], HEAD_CAMERA_RADIUS)
+    with torch.no_grad():
+        out = rasterize(g, vm, camera_K(64)[None], 64, 64)
+    pose = pose_from_render(g, out.rgb[0].permute(2, 0, 1), out.alpha[0].permute(2, 0, 1))
+    assert pose.method == "render" and abs(pose.yaw_deg - 40.0) <= 1.5 and abs(pose.pitch_deg - 5.0) <= 1.5
+    assert np.isfinite(pose.loss)

@@ -1,7 +1,9 @@
-"""``perchead reconstruct`` time per stage for one photo on this machine: load, preprocess, network, render,
-write -- every output included (head.ply, head.splat, turntable.mp4, views.png, crop, mask, json).
+"""``perchead reconstruct`` time per stage for one photo on this machine: load, preprocess, network, fit,
+render, write -- every output included (head.ply, head.splat, turntable.mp4, views.png, input_view.png, crop,
+mask, json) -- with and without the fit to the photo (``--fit-steps 0,60``).
 
     python benchmarks/bench_reconstruct.py [--presets tiny,small] [--size 512] [--frames 60] [--runs 3]
+    python benchmarks/bench_reconstruct.py --checkpoint demo --cli    # + the whole command, as a user runs it
 
 Weights are random (no trained checkpoint is needed to measure cost): each preset is built, saved with
 ``save_pretrained`` and loaded back through ``Reconstructor`` exactly as ``--checkpoint`` does; for presets
@@ -13,7 +15,8 @@ least as fast. The photo is the bundled example (the astronaut).
 
 "cold" is the first photo after loading (MediaPipe models and the numba kernels' on-disk cache are loaded
 then; presets share one process, so only the first preset listed pays for those); "warm" is the median of
-``--runs`` further photos, which is what every photo of a batch costs.
+``--runs`` further photos, which is what every photo of a batch costs. ``--cli`` adds the wall time of the
+whole ``perchead reconstruct`` command in a fresh process (Python start, imports and all), once per setting.
 """
 
 from __future__ import annotations
@@ -22,12 +25,13 @@ import argparse
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 PHOTO = Path(__file__).resolve().parents[1] / "src" / "perchead" / "assets" / "example_photo.jpg"
-STAGES = ("load", "preprocess", "network", "render", "write")
 
 
 def cpu_name() -> str:
@@ -62,10 +66,10 @@ def build_checkpoint(name: str, root: Path, trained_shp: bool) -> tuple[Path, Pa
     return root / name, dino_dir
 
 
-def bench(name: str, args, root: Path) -> list[tuple[str, dict[str, float]]]:
+def bench(name: str, args, root: Path, fit_steps: int) -> list[tuple[str, dict[str, float]]]:
     import logging
 
-    from perchead.inference import ReconstructConfig, Reconstructor
+    from perchead.inference import STAGES, FitConfig, ReconstructConfig, Reconstructor
 
     logging.getLogger("perchead.preprocess").setLevel(logging.ERROR)
     if args.checkpoint:  # a real checkpoint (e.g. the bundled demo): its own weights and SHP-CNN
@@ -74,7 +78,8 @@ def bench(name: str, args, root: Path) -> list[tuple[str, dict[str, float]]]:
         ckpt, dino = build_checkpoint(name, root, trained_shp=not args.no_sharpen)
     config = ReconstructConfig(checkpoint=str(ckpt), dino=None if dino is None else str(dino),
                                device=args.device, size=args.size, frames=args.frames,
-                               video=not args.no_video, sharpen=not args.no_sharpen)
+                               video=not args.no_video, sharpen=not args.no_sharpen,
+                               fit=FitConfig(steps=fit_steps), likeness=not args.no_likeness)
     rec = Reconstructor(config)
     rows = []
     runs = []
@@ -92,7 +97,8 @@ def bench(name: str, args, root: Path) -> list[tuple[str, dict[str, float]]]:
     warm = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     rows.append((f"warm (median of {args.runs})", {"load": 0.0, **warm}))
     cfg = rec.model.config
-    print(f"  {name}: {cfg.num_gaussians:,} Gaussians, model input {cfg.image_size} px, "
+    print(f"  {name}, fit {fit_steps} steps: {cfg.num_gaussians:,} Gaussians predicted, "
+          f"model input {cfg.image_size} px, "
           f"DINOv2 {'random ' + cfg.dino if dino else 'off'}, SHP-CNN {'on' if rec.sharpens else 'off'}, "
           f"device {rec.device}", flush=True)
     return rows
@@ -109,14 +115,20 @@ def main() -> None:
                         help="time this checkpoint (folder, hub id or 'demo') instead of random-weight presets")
     parser.add_argument("--no-video", action="store_true")
     parser.add_argument("--no-sharpen", action="store_true", help="no SHP-CNN pass over the renders")
+    parser.add_argument("--fit-steps", default="0,60", help="comma-separated fit settings to time (0 = no fit)")
+    parser.add_argument("--no-likeness", action="store_true", help="skip the dlib likeness measurement")
+    parser.add_argument("--cli", action="store_true",
+                        help="also time the whole `perchead reconstruct` command in a fresh process")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch and numba threads (default: theirs = logical CPUs); 1 can win when busy")
     args = parser.parse_args()
+    if args.cli and not args.checkpoint:
+        parser.error("--cli times a real command: give --checkpoint (e.g. demo)")
 
     import numba
     import torch
 
-    from perchead.inference import set_threads
+    from perchead.inference import STAGES, set_threads
 
     if args.threads:
         set_threads(args.threads)
@@ -127,26 +139,46 @@ def main() -> None:
           f"python {platform.python_version()}")
     frames = 0 if args.no_video else args.frames
     weights = f"checkpoint {args.checkpoint}" if args.checkpoint else "random weights"
-    print(f"settings: render {args.size}x{args.size}, turntable {frames} frames + 6 "
-          f"views, {weights}, photo {PHOTO.name}, device {args.device}")
+    fits = [int(v) for v in args.fit_steps.split(",")]
+    print(f"settings: views {args.size}x{args.size} (6 + the input view), turntable {frames} frames at the "
+          f"default video size, fit steps {fits} (the default fit size and Gaussians), "
+          f"likeness {'off' if args.no_likeness else 'on'}, {weights}, photo {PHOTO.name}, device {args.device}")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in [args.checkpoint] if args.checkpoint else args.presets.split(","):
-            for label, row in bench(name.strip(), args, Path(tmp)):
-                results.append((name.strip(), label, row))
+            for steps in fits:
+                for label, row in bench(name.strip(), args, Path(tmp), steps):
+                    results.append((name.strip(), steps, label, row))
+        cli = [(steps, run_cli(args, Path(tmp), steps)) for steps in fits] if args.cli else []
     load_after = os.getloadavg()
 
-    header = f"| preset | run | {' | '.join(STAGES)} | sum of stages | wall |"
+    header = f"| preset | fit steps | run | {' | '.join(STAGES)} | sum of stages | wall |"
     print()
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
-    for name, label, row in results:
+    for name, steps, label, row in results:
         total = sum(row[s] for s in STAGES)
         cells = " | ".join("-" if s == "load" and not row[s] else f"{row[s]:.2f}" for s in STAGES)
-        print(f"| {name} | {label} | {cells} | {total:.2f} | {row['wall']:.2f} |")
+        print(f"| {name} | {steps} | {label} | {cells} | {total:.2f} | {row['wall']:.2f} |")
+    blank = " | ".join("-" for _ in STAGES)
+    for steps, wall in cli:
+        print(f"| {args.checkpoint} | {steps} | whole command (fresh process) | {blank} | - | {wall:.2f} |")
     print(f"\nseconds; load average (1/5/15 min) {', '.join(f'{v:.1f}' for v in load_before)} before, "
           f"{', '.join(f'{v:.1f}' for v in load_after)} after "
           f"(above {os.cpu_count()} = the CPU was shared with other jobs)")
+
+
+def run_cli(args, root: Path, fit_steps: int) -> float:
+    """Wall seconds of ``perchead reconstruct PHOTO`` in a new Python process, with this run's settings."""
+    cmd = [sys.executable, "-m", "perchead", "reconstruct", str(PHOTO), "-o", str(root / f"cli-{fit_steps}"),
+           "--checkpoint", args.checkpoint, "--size", str(args.size), "--frames", str(args.frames),
+           "--device", args.device, "--fit-steps", str(fit_steps), "--no-progress"]
+    cmd += ["--no-video"] * args.no_video + ["--no-sharpen"] * args.no_sharpen + ["--no-likeness"] * args.no_likeness
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
 
 
 if __name__ == "__main__":

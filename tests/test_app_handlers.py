@@ -296,3 +296,16 @@ def test_page_builds_with_and_without_editing(app, tmp_path, monkeypatch):
         assert "Editing is not available" in config and "map-editor" not in config
     finally:
         bare.close()
+
+
+def test_app_reconstruction_is_fitted(tmp_path):
+    """The Reconstruct tab runs the fit to the photo (a few steps here): more Gaussians, fit time in the note."""
+    app = PercheadApp(AppConfig(**{**SMALL, "fit_steps": 2}, work_dir=tmp_path / "work"))
+    try:
+        app.rec.config.fit.size, app.rec.config.fit.num_gaussians = 32, 16384
+        result = app.reconstruct(EXAMPLE_PHOTO)
+        assert result.ok, result.message
+        assert result.message.startswith("Reconstructed 16,384 Gaussians") and "fit " in result.message
+    finally:
+        app.close()
+

@@ -286,7 +286,7 @@ class PercheadApp:
         warnings, times = result.preprocessed.warnings, result.times
         notes = f" Note: {'; '.join(warnings)}." if warnings else ""
         message = (f"Reconstructed {len(result.gaussians):,} Gaussians in {seconds:.1f} s "
-                   f"(preprocess {times.preprocess:.1f} s, network {times.network:.1f} s, "
+                   f"(preprocess {times.preprocess:.1f} s, network {times.network:.1f} s, fit {times.fit:.1f} s, "
                    f"render {times.render:.1f} s, write {times.write:.1f} s).{notes}")
         return Result(True, message, self._files(out), seconds)
 

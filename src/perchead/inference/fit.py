@@ -264,11 +264,21 @@ def fit_to_photo(gaussians: Gaussians, image: Tensor, mask: Tensor, config: FitC
     Raises:
         FitDivergedError: a loss or parameter became NaN/infinite.
     """
-    cfg = config or FitConfig()
+    # Callers often run the network under inference_mode (the app, Reconstructor.predict): the fit needs
+    # autograd, and ordinary copies of the prediction.
+    with torch.inference_mode(False), torch.enable_grad():
+        gaussians = Gaussians(*(t.clone() for t in gaussians.tensors().values()))
+        return _fit(gaussians, image.clone(), mask.clone(), config or FitConfig(), anchors, s_max, pose,
+                    backend, progress)
+
+
+def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anchors: Tensor | None,
+         s_max: float | None, pose: Pose | None, backend: str, progress: FitProgress | None) -> FitResult:
     start = time.perf_counter()
     device = gaussians.means.device
     if pose is None:
-        pose = estimate_pose(gaussians, image, mask, backend)
+        with torch.no_grad():
+            pose = estimate_pose(gaussians, image, mask, backend)
     if cfg.steps == 0:
         return FitResult(gaussians, pose, 0, seconds=time.perf_counter() - start)
 
@@ -296,7 +306,7 @@ def fit_to_photo(gaussians: Gaussians, image: Tensor, mask: Tensor, config: FitC
 
     params = _Params(dense, None if anchors is None else anchors.to(device)[parents], s_max)
     prior = {"pos": params.means().detach(), "rgb": dense.rgb.detach(), "opacity": dense.opacity_logits.detach()}
-    trust = seen.detach()
+    trust = seen.detach().sqrt()  # partly seen silhouette Gaussians still need to move to match the outline
     unseen = 1.0 - trust
     lr = cfg.lr
     opt = torch.optim.Adam([

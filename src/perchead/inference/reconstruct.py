@@ -374,13 +374,20 @@ class Reconstructor:
                               times=times, sharpened=sharpens)
 
     def likeness(self, rec: Reconstruction) -> dict:
-        """dlib identity distances between the photo's crop and the renders from the input camera and at
-        :data:`LIKENESS_YAWS` (same person below 0.6); a view where dlib finds no face gets None."""
-        from ..eval.metrics import DlibIdentityMetric
+        """How much the head looks like the photo: the PSNR of the input-view render against the matted photo
+        over the photo's mask, and dlib identity distances between the photo's crop and the renders from the
+        input camera and at :data:`LIKENESS_YAWS` (same person below 0.6; None where dlib finds no face)."""
+        from ..eval.metrics import DlibIdentityMetric, psnr
 
+        size = self.config.size
+        matted = torch.from_numpy(resize_square(rec.preprocessed.image, size)).permute(2, 0, 1).float() / 255
+        mask = torch.from_numpy(np.array(Image.fromarray(rec.preprocessed.mask).resize((size, size),
+                                                                                       Image.Resampling.BILINEAR)))
+        view = torch.from_numpy(rec.input_view).permute(2, 0, 1).float() / 255
+        out: dict = {"input_view_masked_psnr_db": round(float(psnr(view, matted, mask[None].float())), 3)}
         metric = DlibIdentityMetric()
         photo = metric.embed(np.ascontiguousarray(rec.preprocessed.crop))
-        out: dict = {"metric": "dlib euclidean distance (same person < 0.6)", "photo_face_found": photo is not None}
+        out.update({"metric": "dlib euclidean distance (same person < 0.6)", "photo_face_found": photo is not None})
         if photo is None:
             return out
         extra = self.render(rec.gaussians.to(self.render_device),

@@ -319,7 +319,7 @@ def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anch
     # Prior distances in natural units: the position bound (or 1 cm), colour and opacity as they are.
     pos_unit = float(s_max) if s_max else 0.01
 
-    def total_loss(step: int) -> tuple[Tensor, Tensor]:
+    def total_loss() -> tuple[Tensor, Tensor]:
         g = params.gaussians()
         cams = torch.stack([vm, vm_m]) if mirror_w > 0 else vm[None]
         out = rasterize(g, cams, K.expand(len(cams), 3, 3), size, size, backend=backend, check_finite=False)
@@ -339,7 +339,7 @@ def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anch
     first_l1 = math.nan
     l1 = torch.tensor(math.nan)
     for step in range(cfg.steps):
-        loss, l1 = total_loss(step)
+        loss, l1 = total_loss()
         value = float(loss.detach())
         if not math.isfinite(value):
             raise FitDivergedError(f"the fit diverged at step {step} (loss {value}); nothing was written. "
@@ -360,7 +360,7 @@ def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anch
         if progress is not None:
             progress(step + 1, cfg.steps, value)
     with torch.no_grad():
-        final, l1 = total_loss(cfg.steps)
+        final, l1 = total_loss()
         fitted = params.gaussians().detach()
     losses.append(float(final))
     try:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..geometry import HEAD_CAMERA_FOV_DEG, HEAD_CAMERA_RADIUS, Gaussians, focal_from_fov, intrinsics, orbit_viewmats
+from ..io import to_uint8
 from ..render import rasterize
 
 LANDMARK_MODEL = Path(__file__).resolve().parents[1] / "assets" / "face_landmarks_3d.npy"
@@ -68,11 +69,6 @@ def resize_to(image: Tensor, size: int) -> Tensor:
     if image.shape[-1] == size and image.shape[-2] == size:
         return image
     return F.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
-
-
-def to_uint8_hwc(image: Tensor) -> np.ndarray:
-    return np.ascontiguousarray((image.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5)
-                                .astype(np.uint8))
 
 
 # -- landmarks + PnP -----------------------------------------------------------------------------------------
@@ -146,7 +142,7 @@ def estimate_pose(gaussians: Gaussians, image: Tensor, mask: Tensor, backend: st
     render-and-compare of ``gaussians``."""
     from ..preprocess.detect import face_mesh_landmarks
 
-    points = face_mesh_landmarks(to_uint8_hwc(image))
+    points = face_mesh_landmarks(np.ascontiguousarray(to_uint8(image.permute(1, 2, 0))))
     if points is not None:
         pose = pose_from_landmarks(points, image.shape[-1])
         if pose is not None:

@@ -41,8 +41,6 @@ from ..geometry import (
     HEAD_CAMERA_FOV_DEG,
     HEAD_CAMERA_RADIUS,
     Gaussians,
-    focal_from_fov,
-    intrinsics,
     orbit_viewmats,
     turntable_viewmats,
 )
@@ -52,7 +50,7 @@ from ..preprocess import PreprocessConfig, Preprocessed, preprocess_image
 from ..preprocess.io import DEFAULT_MAX_PIXELS, ImageInput
 from ..render import gsplat_available, rasterize
 from .fit import FitConfig, FitResult, fit_to_photo
-from .pose import Pose, estimate_pose
+from .pose import Pose, camera_K, estimate_pose
 
 Progress = Callable[[float, str], None]
 """progress(fraction in [0, 1], what is happening): where long work reports to a progress bar (the app's)."""
@@ -269,8 +267,7 @@ class Reconstructor:
 
     def rasterize(self, gaussians: Gaussians, viewmats: torch.Tensor, size: int) -> torch.Tensor:
         """[C, size, size, 3] renders on white through the standard input camera's intrinsics."""
-        K = intrinsics(focal_from_fov(HEAD_CAMERA_FOV_DEG, size), width=size, height=size)
-        Ks = K.to(viewmats).expand(len(viewmats), 3, 3)
+        Ks = camera_K(size).to(viewmats).expand(len(viewmats), 3, 3)
         return rasterize(gaussians, viewmats, Ks, size, size, backend=self.config.backend).rgb
 
     def sharpen(self, gaussians: Gaussians, viewmats: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
@@ -390,11 +387,12 @@ class Reconstructor:
         out.update({"metric": "dlib euclidean distance (same person < 0.6)", "photo_face_found": photo is not None})
         if photo is None:
             return out
-        extra = self.render(rec.gaussians.to(self.render_device),
-                            orbit_viewmats(list(LIKENESS_YAWS), [0.0] * len(LIKENESS_YAWS), HEAD_CAMERA_RADIUS),
+        # yaw 0 is the grid's front view, already rendered; only the turned ones are new.
+        turned = [y for y in LIKENESS_YAWS if y != 0.0]
+        extra = self.render(rec.gaussians, orbit_viewmats(turned, [0.0] * len(turned), HEAD_CAMERA_RADIUS),
                             rec.sharpened)
-        views = {"input_view": rec.input_view, **{f"yaw_{y:+.0f}": v for y, v in zip(LIKENESS_YAWS, extra,
-                                                                                      strict=True)}}
+        views = {"input_view": rec.input_view, "yaw_+0": rec.views[0],
+                 **{f"yaw_{y:+.0f}": v for y, v in zip(turned, extra, strict=True)}}
         for name, image in views.items():
             e = metric.embed(np.ascontiguousarray(image))
             out[name] = None if e is None else round(metric.distance(photo, e), 4)

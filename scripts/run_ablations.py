@@ -10,7 +10,8 @@ Studies (every run is a reconstruct stage with the settings of ``scripts/train_d
 step):
 
 * ``baseline``: PercHead (template decoder) vs the 2D-lifting decoder (``--model.decoder lifting``, same
-  data, loss and budget) vs the mean-colour template, novel and extreme views.
+  data, loss and budget) vs the mean-colour template, on perchead eval's tasks (novel, extreme = frontal
+  input -> profiles, with the back as its own column, and opposite_profile).
 * ``data``: single-view subjects only (``--data.studio-fraction 0``) / multi-view only (1) / both (the
   PercHead run, train_demo's mixing ratio).
 * ``loss``: pixel (L1 + SSIM, the PercHead run) / LPIPS / DINO / SAM / DINO + SAM (the paper's). A loss
@@ -160,21 +161,26 @@ def loss_unavailable(name: str) -> str | None:
 
 
 def study_table(study: str, rows: list[tuple[str, str]], result: dict, notes: dict[str, str]) -> str:
-    """Markdown table: one row per ablation variant, novel and extreme columns for every metric measured."""
+    """Markdown table: one row per ablation variant, a column per (views group, metric measured) for the
+    groups of perchead eval (novel, extreme = the paper's frontal -> profiles, extreme_back, opposite_profile)
+    that have values, and extreme minus novel PSNR."""
+    from perchead.eval.protocol import GROUPS
     from perchead.eval.report import metric_columns, metric_label
 
     summary = result["summary"]
     metrics = metric_columns(summary, result["info"].get("unavailable", {}))
-    head = (["variant", "method"] + [f"{g} {metric_label(m)}" for g in ("novel", "extreme") for m in metrics]
+    groups = [g for g in GROUPS if any(s["group"] == g for s in summary)]
+    head = (["variant", "method"] + [f"{g} {metric_label(m)}" for g in groups for m in metrics]
             + ["extreme − novel PSNR"])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (2 * len(metrics) + 1)]
+    width = len(groups) * len(metrics) + 1
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * width]
     value = {(s["method"], s["group"]): s for s in summary}
     for label, method in rows:
         if method in notes:
-            lines.append(f"| {label} | not run: {notes[method]} |" + " |" * (2 * len(metrics) + 1))
+            lines.append(f"| {label} | not run: {notes[method]} |" + " |" * width)
             continue
         cells = []
-        for group in ("novel", "extreme"):
+        for group in groups:
             s = value.get((method, group))
             cells += ["" if s is None else _fmt(s.get(m), s.get(f"{m}_sd")) for m in metrics]
         novel, extreme = value.get((method, "novel")), value.get((method, "extreme"))

@@ -270,7 +270,7 @@ def _style_strength(d: dict) -> str:
 
 def _psnr_verdict(summary: dict) -> str:
     parts = []
-    for group in ("novel", "extreme"):
+    for group in (g for g in ("novel", "extreme", "opposite_profile") if (g, "edit_sharpened") in summary):
         edit, base = summary[(group, "edit_sharpened")]["psnr"], summary[(group, "template_mean_colour")]["psnr"]
         rec = summary[(group, "reconstruction_sharpened")]["psnr"]
         parts.append(f"on {group} views `edit_sharpened` is {edit - base:+.2f} dB against the template "
@@ -397,7 +397,9 @@ src/perchead/assets/demo` on the **{ev['info']['subjects']} studio test subjects
 white background, unmasked PSNR / SSIM, mean over target images (docs/editing.md). For each subject the editing
 network gets the input view's **own segmentation map and its own matted image as the style** and is rendered
 at the protocol's target cameras (**novel**: input = the most frontal view, targets = every other view, the
-back included; **extreme**: profile -> opposite profile). `template_mean_colour` (no network): the template
+back included; **extreme** (the paper's): the same input, the horizontal profiles as targets, and the back
+(**extreme_back**); **opposite_profile**: profile -> opposite profile, this card's "extreme" before the protocol
+followed the paper). `template_mean_colour` (no network): the template
 points painted with the input's mean foreground colour (perchead.eval.heldout's baseline).
 `reconstruction_sharpened`: the reconstruction demo fed the input *image* (what editing gives up by seeing
 only a map and a style). `edit` is the raw render, `edit_sharpened` after SHP-CNN (what `perchead edit` writes).

@@ -25,7 +25,8 @@ from perchead.render import rasterize
 from perchead.train.testing import tiny_model_config, write_toy_dataset
 
 SIZE = 40
-VIEWS = 8  # yaw 0, 45, ..., 315: a frontal input, 7 novel targets, profiles at +-90 for the extreme pairs
+VIEWS = 8  # yaw 0, 45, ..., 315: a frontal input, 7 novel targets of which +-90 are extreme and 180 the back;
+# the profiles at +-90 also make the two opposite-profile pairs
 
 
 @pytest.fixture(scope="module")
@@ -42,19 +43,24 @@ def test_table_has_every_row_with_finite_values(setup):
     data, ckpt, _ = setup
     result = evaluate_heldout(ckpt, data, HeldoutConfig(split="train"))
     groups = {(s["group"], s["method"]): s for s in result.summary}
-    for group in ("novel", "extreme", "extreme_left_to_right", "extreme_right_to_left"):
+    all_groups = ("novel", "extreme", "extreme_back", "opposite_profile", "opposite_profile_left_to_right",
+                  "opposite_profile_right_to_left")
+    for group in all_groups:
         for method in METHODS:
             row = groups[(group, method)]
             assert math.isfinite(row["psnr"]) and math.isfinite(row["ssim"]), row
             assert row["subjects"] == 2
-    # novel: every view but the frontal input is a target; extreme: one mirrored profile per direction
+    # novel: every view but the frontal input is a target; extreme: the two profiles, extreme_back: yaw 180;
+    # opposite_profile: one mirrored profile per direction
     assert groups[("novel", "model")]["images"] == 2 * (VIEWS - 1)
-    assert groups[("extreme", "model")]["images"] == 2 * 2
-    assert len(result.rows) == len(METHODS) * (2 * (VIEWS - 1) + 4)
+    assert groups[("extreme", "model")]["images"] == 2 * 2 and groups[("extreme_back", "model")]["images"] == 2
+    assert groups[("opposite_profile", "model")]["images"] == 2 * 2
+    assert len(result.rows) == len(METHODS) * 2 * (VIEWS - 1 + 2 + 1 + 2)
     table = format_table(result)
     for method in METHODS:
-        assert table.count(f"| {method} |") == 4
-    assert set(result.checks) >= {"novel", "extreme", "all_pass"}
+        assert table.count(f"| {method} |") == len(all_groups)
+    assert set(result.checks) >= {"novel", "extreme", "opposite_profile", "all_pass"}
+    assert "extreme_back" not in result.checks  # reported, not checked
     assert result.info["image_size"] == SIZE and result.info["subjects"] == 2
 
 
@@ -106,7 +112,7 @@ def test_baseline_is_the_documented_template():
 
 def test_checks_use_the_margin_and_the_sharpening_rule():
     def summary(base, raw, sharp):
-        return [{"group": g, "method": m, "psnr": v} for g in ("novel", "extreme")
+        return [{"group": g, "method": m, "psnr": v} for g in ("novel", "extreme", "opposite_profile")
                 for m, v in zip(METHODS, (base, raw, sharp), strict=True)]
 
     good = checks(summary(15.0, 17.4, 17.5))
@@ -115,6 +121,9 @@ def test_checks_use_the_margin_and_the_sharpening_rule():
     assert not checks(summary(15.0, 16.0, 16.9))["novel"]["beats_baseline"]
     worse = checks(summary(15.0, 17.5, 17.4))
     assert worse["novel"]["beats_baseline"] and not worse["novel"]["sharpening_not_worse"] and not worse["all_pass"]
+    # a task without pairs (a front-only rig has no profiles) fails the checks instead of passing unseen
+    front_only = checks([s for s in summary(15.0, 17.4, 17.5) if s["group"] == "novel"])
+    assert front_only["extreme"] == {"evaluated": False} and not front_only["all_pass"]
 
 
 def test_command_writes_json_and_rejects_data_without_multiview_subjects(setup, tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""Evaluation protocol: view angles from cameras, novel/extreme pairing, held-out lists, target crops."""
+"""Evaluation protocol: view angles from cameras, novel / extreme / opposite-profile pairing, held-out lists,
+target crops."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from perchead.eval.protocol import (
     extreme_view_pairs,
     held_out_subjects,
     novel_view_pairs,
+    opposite_profile_pairs,
     target_crop,
+    task_group,
     view_pairs,
     views_from_cameras,
 )
@@ -78,10 +81,69 @@ def test_novel_pairing_needs_a_near_frontal_input():
         novel_view_pairs(ring([0]))
 
 
-def test_extreme_pairing_picks_opposite_profiles():
-    pairs = extreme_view_pairs(DOME)
-    lr = [p for p in pairs if p.setting.startswith("extreme_left") or p.setting.startswith("extreme_right")]
-    assert {p.setting for p in lr} == {"extreme_left_to_right", "extreme_right_to_left"}
+# A rig with known yaw / pitch (degrees) around the limits of every task: which view each task picks is
+# written out by hand below from the definitions, not computed with the code under test.
+RIG = [View(name, float(y), float(p)) for name, y, p in [
+    ("front", 4, 3), ("front_low", -20, -8), ("high_front", 0, 35), ("r45", -45, 0), ("l45", 45, 0),
+    ("l74", 74, 0), ("l80", 80, 0), ("l90_high", 90, 25), ("l104", 104, -19), ("l106", 106, 0),
+    ("r75", -75, 5), ("r95", -95, 10), ("r105", -105, -20), ("r120", -120, 0),
+    ("l149", 149, 0), ("l150", 150, 0), ("r170", -170, 15), ("back", 180, -20), ("l160_high", 160, 30),
+    ("above", 10, 50), ("below", -5, -45),
+]]
+
+
+def names(views):
+    return {v.name for v in views}
+
+
+def test_each_task_picks_exactly_the_pairs_its_definition_names():
+    pairs = {p.setting: p for task in ("novel", "extreme", "opposite_profile") for p in view_pairs(RIG, task)}
+    assert set(pairs) == {"novel", "extreme", "extreme_back", "opposite_profile_left_to_right",
+                          "opposite_profile_right_to_left", "opposite_profile_above_to_below",
+                          "opposite_profile_below_to_above"}
+    # novel: the view closest to frontal -> every other view
+    assert pairs["novel"].input.name == "front" and names(pairs["novel"].targets) == names(RIG) - {"front"}
+    # extreme: the same input; profiles 75 <= |yaw| <= 105 with |pitch| <= 20 (l74, l106: outside the yaw
+    # range; l90_high: from above) and, separately, the back |yaw| >= 150 with |pitch| <= 20 (l149: not yet
+    # the back; l160_high: from above)
+    assert pairs["extreme"].input.name == pairs["extreme_back"].input.name == "front"
+    assert names(pairs["extreme"].targets) == {"l80", "l104", "r75", "r95", "r105"}
+    assert names(pairs["extreme_back"].targets) == {"l150", "r170", "back"}
+    # opposite_profile: the most sideways profile of each side (60-90 |yaw|, |pitch| <= 30) -> the opposite
+    # profile closest to its mirror image; the steepest most frontal view above -> the one below, and back
+    lr, rl = pairs["opposite_profile_left_to_right"], pairs["opposite_profile_right_to_left"]
+    assert (lr.input.name, names(lr.targets)) == ("l90_high", {"r75"})  # mirror (-90, 25): r75 is closest
+    assert (rl.input.name, names(rl.targets)) == ("r75", {"l74"})  # mirror (75, 5)
+    ab, ba = pairs["opposite_profile_above_to_below"], pairs["opposite_profile_below_to_above"]
+    assert (ab.input.name, names(ab.targets)) == ("above", {"below"})
+    # mirror of below (-5, -45) is (-5, 45): high_front (0, 35) is 10.7 degrees from it, above (10, 50) 11.6
+    assert (ba.input.name, names(ba.targets)) == ("below", {"high_front"})
+    assert {task_group(s) for s in pairs} == {"novel", "extreme", "extreme_back", "opposite_profile"}
+
+
+def test_extreme_needs_a_frontal_input_and_has_configurable_limits():
+    sideways = [v for v in RIG if abs(v.yaw_deg) > 30 or abs(v.pitch_deg) > 30]
+    assert extreme_view_pairs(sideways) == []  # the closest to frontal, l45 / r45, is 45 degrees away
+    (only,) = extreme_view_pairs([View("f", 25, 10), View("p", 90, 0), View("q", 40, 0)])
+    assert only.setting == "extreme" and only.input.name == "f" and names(only.targets) == {"p"}  # no back
+    wide = ProtocolConfig(extreme_profile_min_deg=70, extreme_max_pitch_deg=30, extreme_back_min_deg=145)
+    pairs = {p.setting: p for p in extreme_view_pairs(RIG, wide)}
+    assert names(pairs["extreme"].targets) == {"l74", "l80", "l90_high", "l104", "r75", "r95", "r105"}
+    assert names(pairs["extreme_back"].targets) == {"l149", "l150", "r170", "back", "l160_high"}
+    strict = ProtocolConfig(extreme_input_max_deg=4)  # front is 5 degrees from frontal
+    assert extreme_view_pairs(RIG, strict) == []
+    with pytest.raises(ValueError, match="extreme_profile_min_deg"):
+        ProtocolConfig(extreme_profile_min_deg=110)
+    with pytest.raises(ValueError, match="both a profile and the back"):
+        ProtocolConfig(extreme_back_min_deg=100)
+    with pytest.raises(ValueError, match="extreme_max_pitch_deg"):
+        ProtocolConfig(extreme_max_pitch_deg=-1)
+
+
+def test_opposite_profile_pairing_picks_opposite_profiles():
+    pairs = opposite_profile_pairs(DOME)
+    lr = [p for p in pairs if p.setting.endswith(("left_to_right", "right_to_left"))]
+    assert {p.setting for p in lr} == {"opposite_profile_left_to_right", "opposite_profile_right_to_left"}
     for p in lr:
         assert 60 <= abs(p.input.yaw_deg) <= 90
         assert len(p.targets) == 1
@@ -90,40 +152,47 @@ def test_extreme_pairing_picks_opposite_profiles():
             assert 60 <= abs(t.yaw_deg) <= 90
             assert t.yaw_deg == pytest.approx(-p.input.yaw_deg)  # the mirror image exists on this rig
             assert t.pitch_deg == pytest.approx(p.input.pitch_deg)
-    left = next(p for p in lr if p.setting == "extreme_left_to_right")
+    left = next(p for p in lr if p.setting == "opposite_profile_left_to_right")
     assert left.input.yaw_deg == 90.0  # the most sideways profile (float32 cameras give 90 +- 1e-5 too)
 
 
-def test_extreme_pairing_above_below_and_all_targets():
-    pairs = {p.setting: p for p in extreme_view_pairs(DOME, ProtocolConfig(extreme_targets="all"))}
-    above, below = pairs["extreme_above_to_below"], pairs["extreme_below_to_above"]
+def test_opposite_profile_pairing_above_below_and_all_targets():
+    pairs = {p.setting: p for p in opposite_profile_pairs(DOME, ProtocolConfig(opposite_targets="all"))}
+    above, below = pairs["opposite_profile_above_to_below"], pairs["opposite_profile_below_to_above"]
     assert above.input.pitch_deg >= 30 and all(t.pitch_deg <= -30 for t in above.targets)
     assert below.input.pitch_deg <= -30 and all(t.pitch_deg >= 30 for t in below.targets)
     assert above.targets[0].yaw_deg == above.input.yaw_deg == 0.0  # mirror in pitch first
-    lr = pairs["extreme_left_to_right"]
+    lr = pairs["opposite_profile_left_to_right"]
     assert len(lr.targets) == 3 and all(-90 <= t.yaw_deg <= -60 for t in lr.targets)  # -90, -75, -60
     # a rig without views above/below gives left/right pairs only
-    flat = {p.setting for p in extreme_view_pairs(ring(range(-180, 180, 30)))}
-    assert flat == {"extreme_left_to_right", "extreme_right_to_left"}
+    flat = {p.setting for p in opposite_profile_pairs(ring(range(-180, 180, 30)))}
+    assert flat == {"opposite_profile_left_to_right", "opposite_profile_right_to_left"}
 
 
-def test_extreme_pairing_on_a_front_only_rig_is_empty_unless_the_range_is_lowered():
+def test_opposite_profile_pairing_on_a_front_only_rig_is_empty_unless_the_range_is_lowered():
     nersemble_like = ring(np.linspace(-46, 46, 8))
-    assert extreme_view_pairs(nersemble_like) == []
-    pairs = extreme_view_pairs(nersemble_like, ProtocolConfig(profile_min_deg=40))
+    assert opposite_profile_pairs(nersemble_like) == []
+    assert extreme_view_pairs(nersemble_like) == []  # no view beyond 46 degrees: no profile, no back
+    pairs = opposite_profile_pairs(nersemble_like, ProtocolConfig(profile_min_deg=40))
     assert len(pairs) == 2 and all(p.input.yaw_deg * p.targets[0].yaw_deg < 0 for p in pairs)
 
 
 def test_view_pairs_dispatch_and_config_validation():
     assert view_pairs(DOME, "novel")[0].setting == "novel"
-    assert view_pairs(DOME, "extreme")[0].setting.startswith("extreme")
-    with pytest.raises(ValueError, match="novel"):
+    assert [p.setting for p in view_pairs(DOME, "extreme")] == ["extreme", "extreme_back"]
+    assert view_pairs(DOME, "opposite_profile")[0].setting.startswith("opposite_profile_")
+    with pytest.raises(ValueError, match="opposite_profile"):
         view_pairs(DOME, "frontal")
+    with pytest.raises(ValueError, match="unknown pair setting"):
+        task_group("extreme_left_to_right")  # the old name of an opposite-profile pair
     with pytest.raises(ValueError, match="crop convention"):
         ProtocolConfig(crop="ffhq")
     with pytest.raises(ValueError, match="profile_min_deg"):
         ProtocolConfig(profile_min_deg=95)
-    assert "panohead" in describe_protocol()["crop"]
+    with pytest.raises(ValueError, match="opposite_targets"):
+        ProtocolConfig(opposite_targets="some")
+    described = describe_protocol()
+    assert "panohead" in described["crop"] and set(described) >= {"novel", "extreme", "opposite_profile"}
 
 
 def test_held_out_subject_lists():

@@ -15,12 +15,16 @@ from perchead.eval.protocol import ProtocolConfig, target_crop
 from perchead.eval.report import (
     PAPER_RESULTS,
     aggregate,
+    bucket_edges,
+    bucket_label,
+    bucket_table,
     checkpoint_name,
     paired_table,
     parse_checkpoints,
     rank_subjects,
     results_table,
     run_eval,
+    yaw_buckets,
 )
 from perchead.geometry import HEAD_CAMERA_FOV_DEG, HEAD_CAMERA_RADIUS, Cameras, project_points
 from perchead.model import PercHead
@@ -55,21 +59,38 @@ def test_eval_command_writes_every_output(setup, tmp_path):
     assert summary["info"]["checkpoints"] == {"run_a": str(template), "lift": str(lifting)}
     groups = {(s["method"], s["group"]): s for s in summary["summary"]}
     for method in methods:
-        for group in ("novel", "extreme", "extreme_left_to_right", "extreme_right_to_left"):
+        for group in ("novel", "extreme", "extreme_back", "opposite_profile", "opposite_profile_left_to_right",
+                      "opposite_profile_right_to_left"):
             s = groups[(method, group)]
             assert math.isfinite(s["psnr"]) and 0 < s["ssim"] <= 1 and s["subjects"] == 3
+    # yaw 0, 45, ..., 315: novel 7 targets; extreme the profiles +-90 and the back 180; opposite 2 pairs
     assert groups[("lift", "novel")]["images"] == 3 * (VIEWS - 1)
+    assert groups[("lift", "extreme")]["images"] == 3 * 2 and groups[("lift", "extreme_back")]["images"] == 3
+    assert groups[("lift", "opposite_profile")]["images"] == 3 * 2
     with open(out / "rows.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == len(methods) * 3 * (VIEWS - 1 + 2)
+    assert len(rows) == len(methods) * 3 * (VIEWS - 1 + 2 + 1 + 2)
     assert {r["method"] for r in rows} == set(methods) and all(float(r["psnr"]) > 0 for r in rows)
+    # the extreme pairs share the novel input: each of their targets scores what it scores as a novel target
+    novel = {(r["subject"], r["target"], r["method"]): float(r["psnr"]) for r in rows if r["setting"] == "novel"}
+    extreme = [r for r in rows if r["group"] in ("extreme", "extreme_back")]
+    assert all(float(r["psnr"]) == pytest.approx(novel[r["subject"], r["target"], r["method"]], abs=1e-6)
+               for r in extreme)
     with open(out / "subjects.csv") as fh:
         assert len([r for r in csv.DictReader(fh) if r["group"] == "novel"]) == 3 * len(methods)
     md = (out / "results.md").read_text()
     assert "not comparable" in md and f"{PAPER_RESULTS['novel']['psnr']:.2f}" in md
     assert "`lift`" in md and "perchead eval --checkpoint" in md
-    for png in ("metric_vs_yaw.png", "best_worst.png"):
+    for png in ("metric_vs_yaw.png", "best_worst.png", "yaw_buckets.png"):
         assert (out / png).stat().st_size > 1000 and png in md
+    assert "## By input and target yaw" in md and "| `lift` | 60-90 |" not in md  # no input at |yaw| 60-90
+    with open(out / "yaw_buckets.csv") as fh:
+        cells = [r for r in csv.DictReader(fh) if r["method"] == "lift"]
+    # every (input, target) view pair once: novel's 7 targets (the extreme ones among them) + 2 opposite pairs
+    assert sum(int(c["images"]) for c in cells) == 3 * (VIEWS - 1 + 2)
+    by_cell = {(c["input_abs_yaw"], c["target_abs_yaw"]): int(c["images"]) for c in cells}
+    assert by_cell == {("0-30", "30-60"): 6, ("0-30", "90-120"): 6, ("0-30", "120-150"): 6,
+                       ("0-30", "150-180"): 3, ("90-120", "90-120"): 6}
     with open(out / "metric_vs_yaw.csv") as fh:
         bins = [r for r in csv.DictReader(fh) if r["method"] == "lift" and r["group"] == "novel"]
     assert sum(int(b["images"]) for b in bins) == 3 * (VIEWS - 1)  # every novel target in one bin
@@ -122,15 +143,16 @@ def test_unavailable_metrics_are_empty_columns_with_the_reason(setup, tmp_path):
 
 
 def test_aggregate_means_and_subject_sd():
-    rows = [{"subject": s, "setting": st, "group": "novel" if st == "novel" else "extreme", "method": "m",
+    rows = [{"subject": s, "setting": st, "group": "novel" if st == "novel" else "opposite_profile", "method": "m",
              "psnr": v, "ssim": 0.5} for s, st, v in
             [("a", "novel", 10.0), ("a", "novel", 12.0), ("b", "novel", 20.0), ("b", "novel", float("nan")),
-             ("a", "extreme_left_to_right", 8.0), ("b", "extreme_right_to_left", 9.0)]]
+             ("a", "opposite_profile_left_to_right", 8.0), ("b", "opposite_profile_right_to_left", 9.0)]]
     per_subject, summary = aggregate(rows, ["psnr", "ssim"], ["m"])
     s = {x["group"]: x for x in summary}
     assert s["novel"]["psnr"] == pytest.approx(14.0) and s["novel"]["psnr_n"] == 3 and s["novel"]["images"] == 4
     assert s["novel"]["psnr_sd"] == pytest.approx(math.sqrt(((11 - 15.5) ** 2 + (20 - 15.5) ** 2) / 1))
-    assert s["extreme"]["psnr"] == pytest.approx(8.5) and s["extreme_left_to_right"]["psnr"] == 8.0
+    assert s["opposite_profile"]["psnr"] == pytest.approx(8.5) and s["opposite_profile_left_to_right"]["psnr"] == 8.0
+    assert "extreme" not in s  # no extreme rows: no extreme group
     assert {(x["subject"], x["group"]): x["psnr"] for x in per_subject}[("a", "novel")] == 11.0
     table = results_table(summary, ["psnr", "ssim"], ["m"])
     assert "| novel | `m` | 4 | 2 | 14.00 ± 6.36 | 0.500 ± 0.000 |" in table
@@ -175,3 +197,26 @@ def test_crop_view_pads_with_white_and_moves_the_intrinsics():
     std = Cameras.orbit([0.0], 0.0, HEAD_CAMERA_RADIUS, HEAD_CAMERA_FOV_DEG, size)
     same = crop_view(image, mask, std.Ks[0], std.viewmats[0], ProtocolConfig())
     assert same[0] is image and torch.equal(same[2], std.Ks[0])
+
+
+def test_yaw_buckets_count_each_view_pair_once_and_tabulate():
+    def row(subject, setting, group, inp, iyaw, target, tyaw, psnr):
+        return {"subject": subject, "setting": setting, "group": group, "input": inp, "input_yaw_deg": iyaw,
+                "target": target, "target_yaw_deg": tyaw, "method": "m", "psnr": psnr, "ssim": 0.5}
+
+    rows = [row("a", "novel", "novel", "f", 3.0, "p", 90.0, 10.0),
+            row("a", "novel", "novel", "f", 3.0, "b", -180.0, 12.0),
+            row("a", "extreme", "extreme", "f", 3.0, "p", 90.0, 10.0),  # the same view pair again: counted once
+            row("b", "novel", "novel", "f", -29.99, "p", -119.99, 14.0),
+            row("a", "opposite_profile_left_to_right", "opposite_profile", "p", 90.0, "q", -60.0, 16.0)]
+    cells = {(c["input_abs_yaw"], c["target_abs_yaw"]): c for c in yaw_buckets(rows, ["m"], ["psnr"])}
+    assert set(cells) == {("0-30", "90-120"), ("0-30", "150-180"), ("90-120", "60-90")}
+    assert cells["0-30", "90-120"]["images"] == 2 and cells["0-30", "90-120"]["psnr"] == pytest.approx(12.0)
+    assert cells["0-30", "150-180"]["psnr"] == 12.0 and cells["90-120", "60-90"]["subjects"] == 1
+    table = bucket_table(list(cells.values()), ["m"], "psnr")
+    assert "| `m` | 0-30 |  |  |  | 12.00 (2) |  | 12.00 (1) |" in table
+    assert "| `m` | 90-120 |  |  | 16.00 (1) |  |  |  |" in table and "| `m` | 30-60 |" not in table
+    assert [bucket_label(e) for e in bucket_edges(45)] == ["0-45", "45-90", "90-135", "135-180"]
+    assert bucket_edges(100) == [(0.0, 100.0), (100.0, 180.0)]
+    with pytest.raises(ValueError, match="bucket_deg"):
+        bucket_edges(0)

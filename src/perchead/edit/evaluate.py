@@ -28,7 +28,7 @@ import tyro
 from torch import Tensor
 
 from perchead.data.format import SubjectRecord, load_view, read_dataset
-from perchead.eval.harness import EvalConfig, eval_subjects, finite_mean, render_views, sharpen_views
+from perchead.eval.harness import GROUPS, EvalConfig, eval_subjects, finite_mean, group_of, render_views, sharpen_views
 from perchead.eval.heldout import machine, mean_colour_template, plain_json, summary_table
 from perchead.eval.metrics import psnr, ssim
 from perchead.eval.protocol import describe_protocol, view_pairs, views_from_cameras
@@ -38,7 +38,7 @@ from perchead.model import PercHead
 from .network import EditNetwork, load_edit_network
 
 BASELINE = "template_mean_colour"
-SETTINGS: tuple[str, ...] = ("novel", "extreme")
+SETTINGS: tuple[str, ...] = ("novel", "extreme", "opposite_profile")  # the tasks of perchead.eval.protocol
 
 
 @dataclass
@@ -184,7 +184,7 @@ def evaluate_edit(checkpoint: str | Path | EditNetwork, data: str | Path, config
                     p, q = psnr(pred[0], targets[0]), ssim(pred[0], targets[0])
                     for t, pv, sv in zip(pair.targets, p.tolist(), q.tolist(), strict=True):
                         rows.append({"subject": subject.id, "setting": pair.setting,
-                                     "group": "novel" if pair.setting == "novel" else "extreme",
+                                     "group": group_of(pair.setting),
                                      "input": pair.input.name, "target": t.name, "method": method,
                                      "psnr": pv, "ssim": sv})
                 if figure is not None and n < 4:
@@ -232,7 +232,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean PSNR / SSIM per (group, method), methods in the order they first appear."""
     out = []
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    for group in SETTINGS:
+    for group in GROUPS:
         for method in methods:
             sel = [r for r in rows if r["group"] == group and r["method"] == method]
             if not sel:

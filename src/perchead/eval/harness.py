@@ -1,10 +1,13 @@
 """The evaluation loop shared by ``perchead eval`` and ``perchead eval-heldout``.
 
-For every multi-view ("studio") subject of a split, the novel and extreme view pairs of
-:mod:`perchead.eval.protocol` are built from the subject's cameras; each pair's input view goes through every
-:class:`Method` (a checkpoint, the mean-colour template baseline), which renders the pair's target cameras,
-and a :class:`~perchead.eval.metrics.MetricSuite` scores every render against its target (composited on
-white, as in the paper). One row per (subject, pair, target, method).
+For every multi-view ("studio") subject of a split, the view pairs of the three tasks of
+:mod:`perchead.eval.protocol` (novel, extreme, opposite_profile) are built from the subject's cameras; each
+pair's input view goes through every :class:`Method` (a checkpoint, the mean-colour template baseline),
+which renders the pair's target cameras, and a :class:`~perchead.eval.metrics.MetricSuite` scores every
+render against its target (composited on white, as in the paper). One row per (subject, pair, target,
+method), with the pair's setting and its table group (novel, extreme, extreme_back, opposite_profile). The
+extreme pairs share the novel pair's input, so their targets are also novel targets: each is rendered and
+scored again under its own group (the same numbers, up to float rounding).
 
 Framing: every view (the input and the targets) is first cut to the protocol's crop
 (:func:`perchead.eval.protocol.target_crop`; ``panohead`` by default: the head centred, at the scale the
@@ -34,9 +37,9 @@ from perchead.model.lifting import batch_input_camera
 from perchead.render import rasterize
 
 from .metrics import MetricSuite
-from .protocol import ProtocolConfig, ViewPair, target_crop, view_pairs, views_from_cameras
+from .protocol import GROUPS, TASKS, ProtocolConfig, ViewPair, target_crop, task_group, view_pairs, views_from_cameras
 
-SETTINGS: tuple[str, ...] = ("novel", "extreme")
+SETTINGS: tuple[str, ...] = TASKS  # the tasks evaluated, in order; their pairs fall into GROUPS
 BASELINE = "template_mean_colour"
 SHARPENED_SUFFIX = "_sharpened"
 
@@ -236,7 +239,8 @@ def eval_subjects(dataset: HeadDataset, config: EvalConfig) -> list[SubjectRecor
 
 
 def group_of(setting: str) -> str:
-    return "novel" if setting == "novel" else "extreme"
+    """The table group of a pair setting (:func:`perchead.eval.protocol.task_group`)."""
+    return task_group(setting)
 
 
 @dataclass
@@ -276,36 +280,37 @@ def evaluate(methods: Sequence[Method], data: str | Path | HeadDataset, config: 
     dataset = data if isinstance(data, HeadDataset) else read_dataset(data)
     subjects = eval_subjects(dataset, config)
     size = config.size or methods[0].image_size
-    without: dict[str, list[str]] = {s: [] for s in SETTINGS}
+    without: dict[str, list[str]] = {g: [] for g in GROUPS}
     for n, subject in enumerate(subjects):
         index = {v.name: i for i, v in enumerate(subject.views)}
         views = views_from_cameras(list(index), torch.stack([v.world_to_cam for v in subject.views]))
         cache: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
-        for setting in SETTINGS:
-            pairs = view_pairs(views, setting, config.protocol)  # type: ignore[arg-type]
-            if not pairs:
-                without[setting].append(subject.id)
-            for pair in pairs:
-                sample = load_sample(subject, [index[pair.input.name]] + [index[t.name] for t in pair.targets],
-                                     config.protocol, cache)
-                renders: dict[str, Tensor] = {}
-                batches: dict[int, Any] = {}
-                for method in methods:
-                    if method.image_size not in batches:
-                        batches[method.image_size] = collate([sample], method.image_size, size)
-                    b = batches[method.image_size]
-                    out = method.render(b.input_image, b.input_mask, b.viewmats[:, 1:], b.Ks[:, 1:], size,
-                                        config.backend, (b.viewmats[:, 0], b.Ks[:, 0]))
-                    renders.update({k: v[0] for k, v in out.items()})
-                targets = next(iter(batches.values())).targets[0, 1:]  # view 0 of the batch is the input
-                if suite is not None:
-                    for name, pred in renders.items():
-                        suite.update(pred, targets, info=[_row(subject.id, pair, t, name) for t in pair.targets])
-                if on_case is not None:
-                    first = next(iter(batches.values()))
-                    inp = torch.nn.functional.interpolate(first.input_image, size=(size, size), mode="bilinear",
-                                                          antialias=True, align_corners=False)[0]
-                    on_case(Case(n, subject.id, pair, inp, targets, renders))
+        pairs = [p for task in SETTINGS for p in view_pairs(views, task, config.protocol)]  # type: ignore[arg-type]
+        # A subject can have some groups and not others (a frontal input but no back view at eye level).
+        for group in GROUPS:
+            if not any(group_of(p.setting) == group for p in pairs):
+                without[group].append(subject.id)
+        for pair in pairs:
+            sample = load_sample(subject, [index[pair.input.name]] + [index[t.name] for t in pair.targets],
+                                 config.protocol, cache)
+            renders: dict[str, Tensor] = {}
+            batches: dict[int, Any] = {}
+            for method in methods:
+                if method.image_size not in batches:
+                    batches[method.image_size] = collate([sample], method.image_size, size)
+                b = batches[method.image_size]
+                out = method.render(b.input_image, b.input_mask, b.viewmats[:, 1:], b.Ks[:, 1:], size,
+                                    config.backend, (b.viewmats[:, 0], b.Ks[:, 0]))
+                renders.update({k: v[0] for k, v in out.items()})
+            targets = next(iter(batches.values())).targets[0, 1:]  # view 0 of the batch is the input
+            if suite is not None:
+                for name, pred in renders.items():
+                    suite.update(pred, targets, info=[_row(subject.id, pair, t, name) for t in pair.targets])
+            if on_case is not None:
+                first = next(iter(batches.values()))
+                inp = torch.nn.functional.interpolate(first.input_image, size=(size, size), mode="bilinear",
+                                                      antialias=True, align_corners=False)[0]
+                on_case(Case(n, subject.id, pair, inp, targets, renders))
         if progress:
             print(f"{label}: {n + 1}/{len(subjects)} subjects ({time.perf_counter() - t_start:.0f} s)", flush=True)
     return EvalRun([s.id for s in subjects], without, size, Path(dataset.root), time.perf_counter() - t_start)
@@ -320,9 +325,10 @@ def _row(subject: str, pair: ViewPair, target, method: str) -> dict[str, Any]:
 
 
 def iter_groups(rows: Sequence[dict[str, Any]]) -> Iterator[str]:
-    """novel, extreme, then every extreme direction present in ``rows``."""
-    yield from ("novel", "extreme")
-    yield from sorted({r["setting"] for r in rows if r["group"] == "extreme"})
+    """The groups (novel, extreme, extreme_back, opposite_profile), then every opposite-profile direction
+    present in ``rows`` (its pair settings)."""
+    yield from GROUPS
+    yield from sorted({r["setting"] for r in rows if r["group"] == "opposite_profile"})
 
 
 def finite_mean(values: Sequence[float]) -> float:
@@ -330,6 +336,6 @@ def finite_mean(values: Sequence[float]) -> float:
     return sum(finite) / len(finite) if finite else math.nan
 
 
-__all__ = ["BASELINE", "SETTINGS", "SHARPENED_SUFFIX", "Case", "EvalConfig", "EvalRun", "MeanColourTemplate",
+__all__ = ["BASELINE", "GROUPS", "SETTINGS", "SHARPENED_SUFFIX", "Case", "EvalConfig", "EvalRun", "MeanColourTemplate",
            "Method", "ModelMethod", "crop_view", "eval_subjects", "evaluate", "finite_mean", "group_of",
            "iter_groups", "load_sample", "mean_colour_gaussians", "mean_foreground_colour", "shp_is_identity"]

@@ -2,13 +2,21 @@
 
 Views are described by yaw and pitch in the canonical head frame (DESIGN.md section 3: +y up, face towards
 +z; yaw 0 = camera in front on +z, positive yaw moves the camera towards +x, the subject's left ear; positive
-pitch lifts it above the head). Two settings, as in the paper (docs/evaluation.md):
+pitch lifts it above the head). Three tasks (docs/evaluation.md):
 
-* ``novel``: the input is the view closest to frontal; the targets are the other views, spread around the
-  head (all of them, or a farthest-point subset).
-* ``extreme``: the input is near one profile (``profile_min_deg <= |yaw| <= profile_max_deg``), the target
-  is the opposite profile (yaw of the other sign); both directions. Where the rig has views above and below
-  the head (``|pitch| >= pitch_extreme_deg``), above -> below and below -> above pairs too.
+* ``novel`` (the paper's): the input is the view closest to frontal; the targets are the other views, spread
+  around the head (all of them, or a farthest-point subset).
+* ``extreme`` (the paper's): the input is the view closest to frontal, within ``extreme_input_max_deg`` (30)
+  of it; the targets are the horizontal profiles (``75 <= |yaw| <= 105``, ``|pitch| <= 20``: pair setting
+  ``extreme``) and, as a separate group, the back (``|yaw| >= 150``: setting ``extreme_back``).
+* ``opposite_profile`` (this project's former "extreme"): the input is near one profile (``profile_min_deg
+  <= |yaw| <= profile_max_deg``), the target the opposite profile (yaw of the other sign); both directions.
+  Where the rig has views above and below the head (``|pitch| >= pitch_extreme_deg``), above -> below and
+  below -> above pairs too. On a left-right symmetric head the mirrored input *is* the target, so this task
+  rewards mirroring; it is kept to compare with the older tables.
+
+Every pair has a ``setting``; :func:`task_group` maps it to the group a table reports it in (``novel``,
+``extreme``, ``extreme_back``, ``opposite_profile``).
 """
 
 from __future__ import annotations
@@ -38,7 +46,11 @@ SUBJECT_PREFIX = {"nersemble": "nersemble_", "ava256": "ava_"}
 
 BACKGROUND = (1.0, 1.0, 1.0)  # white, as in the paper; renders and targets are composited on it
 
-Setting = Literal["novel", "extreme"]
+Setting = Literal["novel", "extreme", "opposite_profile"]
+TASKS: tuple[str, ...] = ("novel", "extreme", "opposite_profile")
+# The groups of every results table, in order: extreme_back is the extreme task's second column.
+GROUPS: tuple[str, ...] = ("novel", "extreme", "extreme_back", "opposite_profile")
+OPPOSITE_PREFIX = "opposite_profile_"  # + left_to_right, right_to_left, above_to_below, below_to_above
 
 
 # ------------------------------------------------------------------------------------------------ views
@@ -100,15 +112,25 @@ class ProtocolConfig:
     """the novel-view input must be within this angle of the frontal direction (yaw 0, pitch 0)"""
     novel_targets: int | None = None
     """how many novel-view targets (farthest-point spread around the head); None: every other view"""
+    extreme_input_max_deg: float = 30.0
+    """extreme task: the input (the view closest to frontal) must be within this angle of frontal"""
+    extreme_profile_min_deg: float = 75.0
+    """extreme task: |yaw| range of the profile targets"""
+    extreme_profile_max_deg: float = 105.0
+    extreme_max_pitch_deg: float = 20.0
+    """extreme task: |pitch| of the profile and back targets at most this (horizontal views, not from above)"""
+    extreme_back_min_deg: float = 150.0
+    """extreme task: |yaw| of the back targets at least this (the separate extreme_back group)"""
     profile_min_deg: float = 60.0
-    """extreme views: |yaw| range of a profile view"""
+    """opposite_profile task: |yaw| range of a profile view"""
     profile_max_deg: float = 90.0
     profile_max_pitch_deg: float = 30.0
-    """extreme left/right views: |pitch| at most this (a profile, not a view from above)"""
+    """opposite_profile left/right views: |pitch| at most this (a profile, not a view from above)"""
     pitch_extreme_deg: float = 30.0
-    """above/below pairs use views with |pitch| at least this, where a dataset has them"""
-    extreme_targets: Literal["mirror", "all"] = "mirror"
-    """mirror: the one opposite profile closest to the input's mirror image; all: every opposite profile"""
+    """opposite_profile above/below pairs use views with |pitch| at least this, where a dataset has them"""
+    opposite_targets: Literal["mirror", "all"] = "mirror"
+    """opposite_profile task: mirror = the one opposite profile closest to the input's mirror image; all =
+    every opposite profile"""
     crop: str = "panohead"
     """target framing: 'panohead' or 'full' (see CROP_CONVENTIONS)"""
     crop_scale: float = PAPER_CROP_SCALE
@@ -121,11 +143,22 @@ class ProtocolConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.profile_min_deg < self.profile_max_deg <= 180.0:
             raise ValueError("need 0 <= profile_min_deg < profile_max_deg <= 180")
+        if not 0.0 <= self.extreme_profile_min_deg < self.extreme_profile_max_deg <= 180.0:
+            raise ValueError("need 0 <= extreme_profile_min_deg < extreme_profile_max_deg <= 180")
+        if not 0.0 <= self.extreme_back_min_deg <= 180.0:
+            raise ValueError(f"extreme_back_min_deg must be in [0, 180], got {self.extreme_back_min_deg}")
+        if self.extreme_back_min_deg < self.extreme_profile_max_deg:
+            raise ValueError(f"extreme_back_min_deg ({self.extreme_back_min_deg}) must not be below "
+                             f"extreme_profile_max_deg ({self.extreme_profile_max_deg}): a view would be both a "
+                             "profile and the back")
+        for name in ("extreme_input_max_deg", "extreme_max_pitch_deg"):
+            if not 0.0 <= getattr(self, name) <= 90.0:
+                raise ValueError(f"{name} must be in [0, 90], got {getattr(self, name)}")
         if self.crop not in CROP_CONVENTIONS:
             raise ValueError(f"unknown crop convention {self.crop!r}; "
                              f"choose from {', '.join(CROP_CONVENTIONS)}")
-        if self.extreme_targets not in ("mirror", "all"):
-            raise ValueError(f"extreme_targets must be 'mirror' or 'all', got {self.extreme_targets!r}")
+        if self.opposite_targets not in ("mirror", "all"):
+            raise ValueError(f"opposite_targets must be 'mirror' or 'all', got {self.opposite_targets!r}")
         if self.novel_targets is not None and self.novel_targets < 1:
             raise ValueError("novel_targets must be at least 1 (or None for every other view)")
 
@@ -134,7 +167,7 @@ class ProtocolConfig:
 class ViewPair:
     """One evaluation sample of a subject: render ``targets`` from the reconstruction of ``input``."""
 
-    setting: str  # "novel", "extreme_left_to_right", "extreme_right_to_left", "extreme_above_to_below", ...
+    setting: str  # "novel", "extreme", "extreme_back", "opposite_profile_left_to_right", ... (see task_group)
     input: View
     targets: tuple[View, ...]
 
@@ -179,13 +212,42 @@ def _mirror_targets(candidates: list[View], mirror: View, mode: str) -> tuple[Vi
 
 
 def extreme_view_pairs(views: Sequence[View], config: ProtocolConfig | None = None) -> list[ViewPair]:
+    """The paper's extreme views: a (near-)frontal input, the horizontal profiles and the back as targets.
+
+    The input is the view closest to frontal (the novel task's input), if it lies within
+    ``extreme_input_max_deg`` of frontal; one input per subject, like the novel task, so that the two tasks
+    score the same reconstruction. Targets, every view in range (not a subset):
+
+    * setting ``extreme``: ``extreme_profile_min_deg <= |yaw| <= extreme_profile_max_deg`` (75-105), both
+      sides;
+    * setting ``extreme_back`` (its own group): ``|yaw| >= extreme_back_min_deg`` (150);
+
+    both with ``|pitch| <= extreme_max_pitch_deg`` (20: horizontal views, not from above or below). A range
+    without a view gives no pair; no frontal input gives [].
+    """
+    cfg = config or ProtocolConfig()
+    views = _check_views(views)
+    inp = min(views, key=lambda v: angle_between(v, FRONTAL))  # the same choice as novel_view_pairs
+    if angle_between(inp, FRONTAL) > cfg.extreme_input_max_deg + _EPS:
+        return []
+    level = [v for v in views if v.name != inp.name and abs(v.pitch_deg) <= cfg.extreme_max_pitch_deg + _EPS]
+    lo, hi = cfg.extreme_profile_min_deg - _EPS, cfg.extreme_profile_max_deg + _EPS
+    ranges = (("extreme", [v for v in level if lo <= abs(v.yaw_deg) <= hi]),
+              ("extreme_back", [v for v in level if abs(v.yaw_deg) >= cfg.extreme_back_min_deg - _EPS]))
+    return [ViewPair(name, inp, tuple(sorted(targets, key=lambda v: (v.yaw_deg, v.pitch_deg, v.name))))
+            for name, targets in ranges if targets]
+
+
+def opposite_profile_pairs(views: Sequence[View], config: ProtocolConfig | None = None) -> list[ViewPair]:
     """Profile -> opposite-profile pairs (both directions), plus above <-> below where the rig has them.
 
+    This project's "extreme" setting before the paper's was implemented (the old tables, docs/results.md).
     The input of a left/right pair is the most sideways profile view of that side (largest |yaw| inside
     ``[profile_min_deg, profile_max_deg]``, then the smallest |pitch|); targets are profile views of the other
     side, closest first to the input's mirror image (yaw -> -yaw). A side without a profile view gives no
-    pair: rigs that only cover the front (NeRSemble spans about +-45 degrees) have no extreme pairs unless
-    the profile range is lowered.
+    pair: rigs that only cover the front (NeRSemble spans about +-45 degrees) have no such pairs unless
+    the profile range is lowered. Settings: ``opposite_profile_left_to_right``, ``..._right_to_left``,
+    ``..._above_to_below``, ``..._below_to_above``.
     """
     cfg = config or ProtocolConfig()
     views = _check_views(views)
@@ -196,33 +258,44 @@ def extreme_view_pairs(views: Sequence[View], config: ProtocolConfig | None = No
                 if lo <= sign * v.yaw_deg <= hi and abs(v.pitch_deg) <= cfg.profile_max_pitch_deg + _EPS]
 
     pairs = []
-    for sign, name in ((1, "extreme_left_to_right"), (-1, "extreme_right_to_left")):
+    for sign, name in ((1, "left_to_right"), (-1, "right_to_left")):
         sources, sinks = profiles(sign), profiles(-sign)
         if not sources or not sinks:
             continue
         inp = max(sources, key=lambda v: (sign * v.yaw_deg, -abs(v.pitch_deg), v.name))
         mirror = View("mirror", -inp.yaw_deg, inp.pitch_deg)
-        pairs.append(ViewPair(name, inp, _mirror_targets(sinks, mirror, cfg.extreme_targets)))
+        pairs.append(ViewPair(OPPOSITE_PREFIX + name, inp, _mirror_targets(sinks, mirror, cfg.opposite_targets)))
     above = [v for v in views if v.pitch_deg >= cfg.pitch_extreme_deg - _EPS]
     below = [v for v in views if v.pitch_deg <= -cfg.pitch_extreme_deg + _EPS]
     if above and below:
-        for sources, sinks, name in ((above, below, "extreme_above_to_below"),
-                                     (below, above, "extreme_below_to_above")):
+        for sources, sinks, name in ((above, below, "above_to_below"), (below, above, "below_to_above")):
             # the most frontal of the steepest views: a view from above the face, not from above the neck
             inp = max(sources, key=lambda v: (abs(v.pitch_deg), -abs(v.yaw_deg), v.name))
             mirror = View("mirror", inp.yaw_deg, -inp.pitch_deg)
-            pairs.append(ViewPair(name, inp, _mirror_targets(sinks, mirror, cfg.extreme_targets)))
+            pairs.append(ViewPair(OPPOSITE_PREFIX + name, inp,
+                                  _mirror_targets(sinks, mirror, cfg.opposite_targets)))
     return pairs
+
+
+def task_group(setting: str) -> str:
+    """The table group of a pair's ``setting``: novel, extreme, extreme_back or opposite_profile."""
+    if setting in ("novel", "extreme", "extreme_back"):
+        return setting
+    if setting.startswith(OPPOSITE_PREFIX):
+        return "opposite_profile"
+    raise ValueError(f"unknown pair setting {setting!r}")
 
 
 def view_pairs(views: Sequence[View], setting: Setting,
                config: ProtocolConfig | None = None) -> list[ViewPair]:
-    """The samples of one subject for ``setting`` ("novel" or "extreme")."""
+    """The samples of one subject for the task ``setting`` ("novel", "extreme" or "opposite_profile")."""
     if setting == "novel":
         return novel_view_pairs(views, config)
     if setting == "extreme":
         return extreme_view_pairs(views, config)
-    raise ValueError(f"unknown evaluation setting {setting!r}; choose 'novel' or 'extreme'")
+    if setting == "opposite_profile":
+        return opposite_profile_pairs(views, config)
+    raise ValueError(f"unknown evaluation task {setting!r}; choose from {', '.join(TASKS)}")
 
 
 # ------------------------------------------------------------------------------------------ held-out ids
@@ -304,8 +377,13 @@ def describe_protocol(config: ProtocolConfig | None = None) -> dict[str, object]
     c = config or ProtocolConfig()
     targets = "every other view" if c.novel_targets is None else f"{c.novel_targets} farthest-point views"
     return {"novel": f"input = view closest to frontal (<= {c.frontal_max_deg} deg), targets = {targets}",
-            "extreme": f"input = profile ({c.profile_min_deg}-{c.profile_max_deg} deg |yaw|, |pitch| <= "
-                       f"{c.profile_max_pitch_deg}), target = opposite profile ({c.extreme_targets}); "
-                       f"above<->below at |pitch| >= {c.pitch_extreme_deg} deg where present",
+            "extreme": f"input = view closest to frontal (<= {c.extreme_input_max_deg} deg), targets = every "
+                       f"profile ({c.extreme_profile_min_deg}-{c.extreme_profile_max_deg} deg |yaw|, |pitch| <= "
+                       f"{c.extreme_max_pitch_deg}); extreme_back: the same input, targets = every view with "
+                       f"|yaw| >= {c.extreme_back_min_deg}, |pitch| <= {c.extreme_max_pitch_deg}",
+            "opposite_profile": f"input = most sideways profile ({c.profile_min_deg}-{c.profile_max_deg} deg "
+                                f"|yaw|, |pitch| <= {c.profile_max_pitch_deg}), target = opposite profile "
+                                f"({c.opposite_targets}); above<->below at |pitch| >= {c.pitch_extreme_deg} deg "
+                                "where present",
             "crop": f"{c.crop}: {CROP_CONVENTIONS[c.crop]}", "crop_scale": c.crop_scale,
             "background": c.background}

@@ -29,7 +29,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--out", type=Path, default=LANDMARK_MODEL)
     args = ap.parse_args()
-    cfg = SynthConfig()
+    # Symmetric heads: the shipped asset was built from them (before `perchead synth` made asymmetric heads by
+    # default); pinned so this script still builds it from the same renders.
+    cfg = SynthConfig(heads="symmetric")
     train = [i for i in range(1000) if subject_split(cfg, i) == "train"][:args.subjects]
     lifted = []
     for i in train:

@@ -20,12 +20,18 @@ def synth(
                     tyro.conf.arg(help="studio: views all around, even light; wild: one near-frontal view, "
                                        "coloured light; mixed: both")] = "studio",
     wild_fraction: Annotated[float, tyro.conf.arg(help="share of wild subjects with --kind mixed")] = 0.3,
+    heads: Annotated[Literal["asymmetric", "symmetric"],
+                     tyro.conf.arg(help="asymmetric: one-sided hair parting and fringe, hair behind one ear, a "
+                                        "single earring, marks on one cheek, studio key light from one side; "
+                                        "symmetric: the older left-right symmetric heads, identical bit for "
+                                        "bit")] = "asymmetric",
     quiet: bool = False,
 ) -> int:
     """Generate procedural synthetic heads in the perchead dataset format (docs/data.md)."""
     from .synth import SynthConfig, generate
 
-    cfg = SynthConfig(subjects=subjects, views=views, size=size, seed=seed, kind=kind, wild_fraction=wild_fraction)
+    cfg = SynthConfig(subjects=subjects, views=views, size=size, seed=seed, kind=kind, wild_fraction=wild_fraction,
+                      heads=heads)
     report = generate(cfg, out, progress=not quiet)
     print(f"wrote {report.written} subject(s), kept {report.skipped} finished one(s) in {report.seconds:.1f} s "
           f"-> {report.out}")

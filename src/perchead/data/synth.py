@@ -9,12 +9,20 @@ with exact cameras, masks and face-parsing maps. Each subject is
 * hair: a scalp layer under a hairline, a volume shell, optionally long hair hanging down the back and sides,
   and a bun -- colour, volume, length, hairline and strand pattern all random, so backs of heads differ;
 * optional glasses, earrings, necklace and a collar;
+* with ``heads="asymmetric"`` (the default), one-sided features (:class:`Asymmetry`): a hair parting on one
+  side with a side-swept fringe and more hair volume on the other, hair tucked behind one ear while a lock
+  (or the long hair) covers the other, a single hoop earring on the tucked side, moles and a freckle patch
+  on one cheek, and in the studio a key light from one side. Each side is drawn at random per subject, so a
+  mirrored view of one profile is not the other profile. ``heads="symmetric"`` leaves them out and gives
+  exactly the heads of the generator before they existed;
 * lit by baking a simple shading from the normals into the colours: "studio" subjects under one even
-  light seen from ``views`` cameras all around, "wild" subjects under a random coloured key + ambient light
-  seen from one near-frontal camera.
+  light (plus the one-sided key of asymmetric heads) seen from ``views`` cameras all around, "wild" subjects
+  under a random coloured key + ambient light seen from one near-frontal camera.
 
 Subject ``i`` is a pure function of ``(seed, i)`` (numpy SeedSequence), so it is the same whatever the number of
-subjects, and its split too (train / val / test by a per-subject draw against ``split_fractions``).
+subjects, and its split too (train / val / test by a per-subject draw against ``split_fractions``). The
+asymmetric features come from a stream of their own (``ASYMMETRY_STREAM``), so the shape, appearance and
+cameras of subject ``i`` are the same for both kinds of heads.
 Rendering goes through the project's rasterizer (``perchead.render.render_features``): it composites RGB and a
 one-hot class vector in one pass, so the segmentation is the exact per-pixel argmax of class weights
 (background weight = 1 - alpha), consistent with the image by construction.
@@ -47,7 +55,14 @@ from .format import (
 )
 
 Kind = Literal["studio", "wild", "mixed"]
-GENERATOR_VERSION = 1  # bump when the same seed would give different heads: reruns then redo old subjects
+Heads = Literal["asymmetric", "symmetric"]
+# Bump when the same seed and settings would give different heads: reruns then redo old subjects. The
+# asymmetric heads did not bump it: their subjects record heads="asymmetric" (checked on resume), and the
+# symmetric ones are what version 1 always made.
+GENERATOR_VERSION = 1
+# subject_rng streams: 0 shape, appearance, lighting, cameras; 1 split; 2 kind; 3 the asymmetric features
+# (a stream of their own, so drawing them changes none of the others).
+ASYMMETRY_STREAM = 3
 
 
 @dataclass
@@ -64,6 +79,9 @@ class SynthConfig:
     studio_pitch_deg: tuple[float, float] = (-15.0, 30.0)
     wild_yaw_deg: float = 30.0  # wild views: |yaw| up to this
     wild_pitch_deg: tuple[float, float] = (-10.0, 15.0)
+    heads: Heads = "asymmetric"
+    """asymmetric: one-sided hair, accessories, skin marks and studio light (see Asymmetry); symmetric: the
+    left-right symmetric heads of the generator before asymmetry existed, identical bit for bit"""
 
     def __post_init__(self) -> None:
         if self.subjects < 1 or self.views < 1 or self.size < 16:
@@ -76,6 +94,8 @@ class SynthConfig:
             raise ValueError(f"split_fractions must be 3 non-negative numbers summing to 1, got {fr}")
         if not 0.0 <= self.wild_fraction <= 1.0:
             raise ValueError(f"wild_fraction must be in [0, 1], got {self.wild_fraction}")
+        if self.heads not in ("asymmetric", "symmetric"):
+            raise ValueError(f"heads must be 'asymmetric' or 'symmetric', got {self.heads!r}")
 
 
 # -- per-subject randomness ---------------------------------------------------------------------------------
@@ -197,6 +217,53 @@ def random_appearance(rng: np.random.Generator) -> Appearance:
     )
 
 
+@dataclass
+class Asymmetry:
+    """The one-sided features of an asymmetric head (kept in subject.json). A side is +1 for the subject's
+    left (+x) and -1 for the right; each feature's side is drawn at random per subject."""
+
+    parting_side: int
+    parting_x: float  # |x| of the parting line (m); hair parts there, from the hairline back to the crown
+    fringe_low: float  # the side-swept fringe's lowest point above the eyes (m), on the side opposite the parting
+    volume_bias: float  # extra hair-shell thickness on the fringe (heavy) side, as a fraction
+    tucked_side: int  # hair tucked behind this ear; a lock of hair (or the long hair) covers the other
+    lock_length: float  # how far the lock over the other ear hangs below the ear (m)
+    earring: bool  # a single hoop earring, on the tucked (visible) ear
+    earring_radius: float
+    earring_color: tuple[float, float, float]
+    marks_side: int  # moles and a freckle patch on this cheek
+    moles: tuple[tuple[float, float, float], ...]  # (|x| beyond the eye, depth below the eyes, radius) (m)
+    freckles: int  # number of freckles in the patch (0 = none)
+    marks_seed: int  # where exactly the freckles fall
+    light_side: int  # studio subjects: a key light from this side (wild ones keep their own random key)
+    light_yaw_deg: float  # |yaw| of the key light
+    light_elevation_deg: float
+    light_strength: float
+
+
+def random_asymmetry(rng: np.random.Generator) -> Asymmetry:
+    """The one-sided features of a head, from their own generator (``subject_rng(..., ASYMMETRY_STREAM)``).
+
+    Drawn without looking at the head (bald or not, wild or studio): a feature that does not apply (no hair
+    to part, no studio light) is drawn all the same and left unused, so it shifts none of the others."""
+    def side() -> int:
+        return 1 if rng.random() < 0.5 else -1
+
+    parting_side, tucked_side, marks_side, light_side = side(), side(), side(), side()
+    moles = tuple((float(rng.uniform(0.0, 0.03)), float(rng.uniform(0.02, 0.055)), float(rng.uniform(0.0018, 0.0035)))
+                  for _ in range(int(rng.integers(1, 4))))
+    return Asymmetry(
+        parting_side=parting_side, parting_x=float(rng.uniform(0.02, 0.04)),
+        fringe_low=float(rng.uniform(0.02, 0.035)), volume_bias=float(rng.uniform(0.3, 0.7)),
+        tucked_side=tucked_side, lock_length=float(rng.uniform(0.0, 0.04)),
+        earring=bool(rng.random() < 0.6), earring_radius=float(rng.uniform(0.006, 0.011)),
+        earring_color=_tup((0.85, 0.7, 0.3) if rng.random() < 0.6 else (0.8, 0.8, 0.82)),
+        marks_side=marks_side, moles=moles, freckles=int(rng.integers(25, 60)) if rng.random() < 0.7 else 0,
+        marks_seed=int(rng.integers(2**31)), light_side=light_side, light_yaw_deg=float(rng.uniform(35, 80)),
+        light_elevation_deg=float(rng.uniform(10, 40)), light_strength=float(rng.uniform(0.25, 0.4)),
+    )
+
+
 # -- Gaussian building blocks -------------------------------------------------------------------------------
 
 def _quats_from_frames(t1: Tensor, t2: Tensor, n: Tensor) -> Tensor:
@@ -305,13 +372,16 @@ def _face_labels(p: Tensor, s: HeadShape, a: Appearance) -> tuple[Tensor, Tensor
     return labels, albedo
 
 
-def _hair_mask(p: Tensor, s: HeadShape, a: Appearance) -> Tensor:
-    """Soft (0..1) coverage of the scalp by hair at skin points p: 1 well inside the hairline."""
+def _hair_mask(p: Tensor, s: HeadShape, a: Appearance, asym: Asymmetry | None = None) -> Tensor:
+    """Soft (0..1) coverage of the scalp by hair at skin points p: 1 well inside the hairline. With ``asym``
+    the front hairline drops on the side opposite the parting: the side-swept fringe."""
     if a.bald:
         return torch.zeros(p.shape[:-1])
     x, y, z = p.unbind(-1)
     ang = torch.atan2(x, z)
     front_line = s.eye_height + a.hairline + a.temple_recess * (x / 0.05) ** 2 + 0.002 * torch.sin(ang * 9)
+    if asym is not None:
+        front_line = front_line - _fringe_drop(x, front_line, s, asym)
     # Hair comes down to the nape at the back; around the ears it stops just above them.
     frontness = ((z - s.ear_z - 0.015) / 0.05).clamp(0, 1)
     bottom = a.nape + (front_line - a.nape) * frontness
@@ -319,6 +389,25 @@ def _hair_mask(p: Tensor, s: HeadShape, a: Appearance) -> Tensor:
     ear_top = s.ear_y + 0.5 * s.ear_height + 0.004
     bottom = torch.maximum(bottom, ear_top * near_ear + (1 - near_ear) * bottom)
     return ((y - bottom) / 0.004).sigmoid()
+
+
+def _fringe_drop(x: Tensor, front_line: Tensor, s: HeadShape, asym: Asymmetry) -> Tensor:
+    """How far (m) the front hairline comes down at x: nothing at the parting, rising across the forehead to
+    ``fringe_low`` above the eyes on the heavy side (x of the other sign), tapering off past the temple."""
+    heavy = -asym.parting_side
+    u = ((heavy * x + asym.parting_x) / (asym.parting_x + 0.05)).clamp(0, 1)
+    rise = u * u * (3 - 2 * u)  # smoothstep: no kink where the fringe starts
+    taper = ((0.085 - heavy * x) / 0.02).clamp(0, 1)  # back up towards the ear, so the cheek stays bare
+    return (front_line - (s.eye_height + asym.fringe_low)).clamp_min(0) * rise * taper
+
+
+def _parting(p: Tensor, s: HeadShape, a: Appearance, asym: Asymmetry) -> Tensor:
+    """0..1: where the hair parts (a 2.5 mm line at x = parting_side x parting_x, from the front hairline
+    over the top to just behind the crown); the scalp shows there."""
+    x, y, z = p.unbind(-1)
+    line = torch.exp(-(((x - asym.parting_side * asym.parting_x) / 0.0025) ** 2))
+    top = ((y - (s.eye_height + a.hairline + 0.005)) / 0.004).sigmoid() * ((z - s.ear_z + 0.01) / 0.01).sigmoid()
+    return line * top
 
 
 def _strands(p: Tensor, a: Appearance) -> Tensor:
@@ -338,9 +427,11 @@ def _surface_spacing(xyz: Tensor) -> Tensor:
     return sp.clamp(max=2.5 * sp.median())
 
 
-def build_head(shape: HeadShape, app: Appearance, surface_resolution: int = 128) -> tuple[dict[str, Tensor], dict]:
+def build_head(shape: HeadShape, app: Appearance, surface_resolution: int = 128,
+               asym: Asymmetry | None = None) -> tuple[dict[str, Tensor], dict]:
     """Gaussians of one dressed head before lighting: dict of means, scales, quats, opacity, albedo, normals,
-    labels (SEGMENT_CLASSES ids)."""
+    labels (SEGMENT_CLASSES ids). ``asym``: add its one-sided features (None: the symmetric head, computed
+    exactly as before they existed)."""
     parts = _Parts()
     hmap = head_surface_map(shape, surface_resolution)
     p, n, region = hmap.xyz.reshape(-1, 3), hmap.normals.reshape(-1, 3), hmap.region.reshape(-1)
@@ -354,8 +445,14 @@ def build_head(shape: HeadShape, app: Appearance, surface_resolution: int = 128)
         collar = neck & (p[:, 1] < shape.neck_bottom + 0.045)
         labels[collar], albedo[collar] = SEG["cloth"], _rgb(app.cloth)
     head = ~(neck | (region == EARS))
-    hair_w = _hair_mask(p, shape, app) * head
+    if asym is not None and asym.freckles:
+        albedo = _freckle_tint(p, albedo, labels, shape, asym)
+    hair_w = _hair_mask(p, shape, app, asym) * head
     hair_col = _rgb(app.hair) * _strands(p, app)[:, None]
+    if asym is not None:
+        # The parting shows the scalp: hair colour blended towards the skin along the line.
+        part = _parting(p, shape, app, asym)
+        hair_col = torch.lerp(hair_col, _rgb(app.skin).expand_as(hair_col) * 0.92, 0.85 * part[:, None])
     is_hair = hair_w > 0.5
     labels[is_hair] = SEG["hair"]
     albedo = torch.where(is_hair[:, None], hair_col, albedo)
@@ -372,28 +469,45 @@ def build_head(shape: HeadShape, app: Appearance, surface_resolution: int = 128)
     fl, fa = _face_labels(fp, shape, app)
     keep = torch.isin(fl, torch.tensor([SEG[k] for k in ("l_eye", "r_eye", "l_brow", "r_brow", "u_lip",
                                                          "l_lip", "mouth")]))
-    keep &= _hair_mask(fp, shape, app) < 0.5
+    keep &= _hair_mask(fp, shape, app, asym) < 0.5
     parts.add(fp[keep] + 0.0003 * fn[keep], fn[keep], torch.tensor([[0.8 * step, 0.8 * step, 0.0002]]),
               fa[keep], fl[keep])
 
     if not app.bald:
-        _add_hair_volume(parts, p[is_hair & head], n[is_hair & head], spacing[is_hair & head],
-                         hair_w[is_hair & head], shape, app)
+        if asym is None:
+            _add_hair_volume(parts, p[is_hair & head], n[is_hair & head], spacing[is_hair & head],
+                             hair_w[is_hair & head], shape, app)
+        else:
+            # No shell over the parting (the scalp line shows through); the fringe lies flat on the forehead
+            # (its shell only a fifth as thick) and the heavy side's hair is fuller.
+            sel = is_hair & head & (part < 0.3)
+            fringe = (hair_w - _hair_mask(p, shape, app) * head).clamp(0, 1)
+            heavy = ((-asym.parting_side * p[:, 0]) / 0.02).sigmoid()
+            scale = (1 + asym.volume_bias * heavy) * (1 - 0.8 * fringe)
+            _add_hair_volume(parts, p[sel], n[sel], spacing[sel], hair_w[sel], shape, app, asym, scale[sel])
     if app.glasses:
         _add_glasses(parts, shape, app)
     if app.earrings:
         _add_earrings(parts, shape, app)
     if app.necklace:
         _add_necklace(parts, shape)
+    if asym is not None:
+        if not app.bald and app.hair_length == 0:
+            _add_side_lock(parts, shape, app, asym)  # long hair already covers the untucked ear
+        if asym.earring:
+            _add_hoop(parts, shape, asym)
+        _add_skin_marks(parts, shape, app, asym)
     out = parts.cat()
     return out, {"gaussians": len(out["means"])}
 
 
 def _add_hair_volume(parts: _Parts, p: Tensor, n: Tensor, spacing: Tensor, w: Tensor, s: HeadShape,
-                     a: Appearance) -> None:
+                     a: Appearance, asym: Asymmetry | None = None, thick_scale: Tensor | None = None) -> None:
     down = torch.tensor([0.0, -1.0, -0.3])
     # Shell over the scalp, thinning to nothing at the hairline so there is no step at the forehead.
     thick = a.hair_volume * ((w - 0.5) / 0.5).clamp(0, 1) ** 0.5
+    if thick_scale is not None:
+        thick = thick * thick_scale
     layers = 1 + int(a.hair_volume > 0.01) + int(a.hair_volume > 0.02)
     for k in range(1, layers + 1):
         # Inner layers only fill the shell's side walls: every other point, a bit larger, is enough.
@@ -418,9 +532,14 @@ def _add_hair_volume(parts: _Parts, p: Tensor, n: Tensor, spacing: Tensor, w: Te
         wrap = math.radians(a.hair_wrap_deg)
         ry = torch.arange(0.01, -(0.10 + a.hair_length), -0.003)
         th = torch.arange(-wrap, wrap + 1e-9, 0.003 / 0.1)
-        yy, tt = torch.meshgrid(ry, th, indexing="ij")
         rx = s.width / 2 + a.hair_volume + 0.004
         rz = s.depth_back + a.hair_volume + 0.004
+        if asym is not None:
+            # Tucked behind one ear: on that side (th > 0 is +x) the curtain stops 4 mm behind the ear.
+            behind = (0.3 * s.neck_z - (s.ear_z - 0.5 * s.ear_width - 0.004)) / rz
+            tuck = math.acos(max(-1.0, min(1.0, behind)))
+            th = th[(asym.tucked_side * th) <= min(tuck, wrap)]
+        yy, tt = torch.meshgrid(ry, th, indexing="ij")
         # Hanging from the head's widest band, then falling straight down just outside it.
         x = rx * torch.sin(tt)
         z = -rz * torch.cos(tt) + 0.3 * s.neck_z
@@ -464,6 +583,72 @@ def _add_earrings(parts: _Parts, s: HeadShape, a: Appearance) -> None:
                   SEG["ear_r"])
 
 
+def _add_side_lock(parts: _Parts, s: HeadShape, a: Appearance, asym: Asymmetry) -> None:
+    """A lock of short hair hanging over the ear on the side that is not tucked: a slightly bowed sheet from
+    the hair above the ear to ``lock_length`` below it, just outside the ear, with a ragged lower edge."""
+    side = -asym.tucked_side
+    ear_top = s.ear_y + 0.5 * s.ear_height
+    y_top = ear_top + 0.015
+    y_bottom = s.ear_y - 0.5 * s.ear_height - asym.lock_length
+    z0, z1 = s.ear_z - 0.5 * s.ear_width - 0.004, s.ear_z + 0.5 * s.ear_width + 0.008
+    yy, zz = torch.meshgrid(torch.arange(y_top, y_bottom, -0.003), torch.arange(z0, z1 + 1e-9, 0.003),
+                            indexing="ij")
+    t = (zz - (z0 + z1) / 2) / ((z1 - z0) / 2)  # -1 (back) .. 1 (front) across the lock
+    ragged = 0.006 * torch.sin(zz * 900 + a.strand_phase) + 0.004 * torch.sin(zz * 2300)
+    keep = yy > y_bottom + 0.008 * t.abs() + ragged
+    # Clear of the ear (which stands out up to ~2 cm at its back edge) below its top; above it the lock
+    # bends in to the hair shell, so it hangs from the hair instead of floating beside the head.
+    outside = 0.02 + 0.3 * a.hair_volume
+    inward = ((yy - ear_top) / (y_top - ear_top)).clamp(0, 1)
+    x = side * (s.width / 2 + outside - inward * (outside - 0.6 * a.hair_volume) + 0.006 * (1 - t**2))
+    q = torch.stack([x, yy, zz], -1)[keep]
+    nrm = torch.tensor([float(side), 0.0, 0.0]).expand_as(q)
+    parts.add(q, nrm, torch.tensor([[0.0035, 0.0018, 0.0008]]), _rgb(a.hair) * _strands(q, a)[:, None], SEG["hair"],
+              flow=torch.tensor([0.0, 1.0, 0.0]).expand_as(q))
+
+
+def _add_hoop(parts: _Parts, s: HeadShape, asym: Asymmetry) -> None:
+    """A single hoop earring hanging from the lobe of the tucked ear, in the plane of the ear."""
+    side, r = asym.tucked_side, asym.earring_radius
+    lobe = torch.tensor([side * (s.width / 2 + 0.009), s.ear_y - 0.5 * s.ear_height - 0.004, s.ear_z + 0.01])
+    t = torch.linspace(0, 2 * math.pi, 121)[:-1]
+    q = lobe + torch.stack([torch.zeros_like(t), -r * (1 - torch.cos(t)), r * torch.sin(t)], -1)
+    parts.add(q, torch.tensor([float(side), 0.0, 0.0]).expand_as(q), torch.tensor([[0.0012, 0.0012, 0.0012]]),
+              _rgb(asym.earring_color), SEG["ear_r"])
+
+
+def _freckle_tint(p: Tensor, albedo: Tensor, labels: Tensor, s: HeadShape, asym: Asymmetry) -> Tensor:
+    """The freckled cheek a little browner than the other (the spots themselves are _add_skin_marks')."""
+    x, y, z = p.unbind(-1)
+    cx, cy = asym.marks_side * (s.eye_spacing + 0.015), s.eye_height - 0.03
+    patch = torch.exp(-(((x - cx) / 0.02) ** 2 + ((y - cy) / 0.015) ** 2)) * (z > 0.02) * (labels == SEG["skin"])
+    return albedo * (1 - patch[:, None] * torch.tensor([0.06, 0.12, 0.16]))
+
+
+def _add_skin_marks(parts: _Parts, s: HeadShape, a: Appearance, asym: Asymmetry) -> None:
+    """Moles and a patch of freckles on one cheek: small flat discs just above the skin, where it is skin."""
+    side = asym.marks_side
+    gen = np.random.default_rng(asym.marks_seed)
+    n = asym.freckles
+    fx = side * (s.eye_spacing + 0.015) + gen.normal(0.0, 0.011, n)
+    fy = s.eye_height - 0.03 + gen.normal(0.0, 0.008, n)
+    fr = gen.uniform(0.0007, 0.0014, n)
+    fc = np.array(a.skin) * np.array([0.72, 0.58, 0.48]) * gen.uniform(0.9, 1.05, (n, 1))
+    mx = [side * (s.eye_spacing + 0.008 + dx) for dx, _, _ in asym.moles]
+    my = [s.eye_height - dy for _, dy, _ in asym.moles]
+    mr = [r for _, _, r in asym.moles]
+    mc = np.array([[0.22, 0.13, 0.09]] * len(mr))
+    x = torch.tensor(np.concatenate([fx, mx]), dtype=torch.float32)
+    y = torch.tensor(np.concatenate([fy, my]), dtype=torch.float32)
+    radius = torch.tensor(np.concatenate([fr, mr]), dtype=torch.float32)
+    colour = torch.tensor(np.concatenate([fc.reshape(-1, 3), mc]), dtype=torch.float32).clamp(0, 1)
+    q, nrm = head_points(torch.stack([x, y, torch.full_like(x, s.depth_front)], -1), s)
+    lab, _ = _face_labels(q, s, a)
+    keep = (lab == SEG["skin"]) & (_hair_mask(q, s, a, asym) < 0.5)  # not on an eye, a lip or under the fringe
+    sigma = torch.stack([radius, radius, torch.full_like(radius, 0.0002)], -1)
+    parts.add(q[keep] + 0.0004 * nrm[keep], nrm[keep], sigma[keep], colour[keep], SEG["skin"])
+
+
 def _add_necklace(parts: _Parts, s: HeadShape) -> None:
     t = torch.linspace(0, 2 * math.pi, 200)[:-1]
     y = -0.17 - 0.012 * torch.cos(t).clamp_min(0)
@@ -475,9 +660,22 @@ def _add_necklace(parts: _Parts, s: HeadShape) -> None:
 
 # -- lighting, cameras, rendering ---------------------------------------------------------------------------
 
-def shade(albedo: Tensor, normals: Tensor, kind: str, rng: np.random.Generator) -> tuple[Tensor, dict]:
-    """Bake lighting into colours: even sky light for studio, a random coloured key + ambient for wild."""
+def shade(albedo: Tensor, normals: Tensor, kind: str, rng: np.random.Generator,
+          asym: Asymmetry | None = None) -> tuple[Tensor, dict]:
+    """Bake lighting into colours: even sky light for studio (with ``asym``: a dimmer sky plus a white key
+    light from one side), a random coloured key + ambient for wild (already one-sided; ``asym`` does not
+    change it, and never draws from ``rng``)."""
     up = normals[:, 1:2]
+    if kind == "studio" and asym is not None:
+        yaw = asym.light_side * asym.light_yaw_deg
+        ly, le = math.radians(yaw), math.radians(asym.light_elevation_deg)
+        ldir = torch.tensor([math.sin(ly) * math.cos(le), math.sin(le), math.cos(ly) * math.cos(le)])
+        lam = (normals @ ldir).clamp_min(0)[:, None]
+        # About as bright on average as the even light (0.82-1.0), but one side of the head in its shade.
+        light = 0.66 + 0.14 * (0.5 + 0.5 * up) + asym.light_strength * lam
+        return (albedo * light).clamp(0, 1), {"lighting": "even+key", "key_yaw_deg": yaw,
+                                              "key_elevation_deg": asym.light_elevation_deg,
+                                              "key_strength": asym.light_strength}
     if kind == "studio":
         return (albedo * (0.82 + 0.18 * (0.5 + 0.5 * up))).clamp(0, 1), {"lighting": "even"}
     yaw, elev = rng.uniform(-70, 70), rng.uniform(0, 55)
@@ -552,6 +750,7 @@ class SynthSubject:
     yaw_deg: Tensor
     pitch_deg: Tensor
     lighting: dict
+    asymmetry: Asymmetry | None = None  # None: a symmetric head
 
 
 def make_subject(cfg: SynthConfig, index: int) -> SynthSubject:
@@ -561,19 +760,27 @@ def make_subject(cfg: SynthConfig, index: int) -> SynthSubject:
         rng = subject_rng(cfg.seed, index)
         shape = random_head_shape(rng)
         app = random_appearance(rng)
-        g, _ = build_head(shape, app, cfg.surface_resolution)
-        rgb, lighting = shade(g["albedo"], g["normals"], kind, rng)
+        asym = (random_asymmetry(subject_rng(cfg.seed, index, stream=ASYMMETRY_STREAM))
+                if cfg.heads == "asymmetric" else None)
+        g, _ = build_head(shape, app, cfg.surface_resolution, asym)
+        rgb, lighting = shade(g["albedo"], g["normals"], kind, rng, asym)
         gaussians = Gaussians.from_activated(g["means"], g["scales"].clamp_min(1e-5), g["quats"], g["opacity"], rgb)
         cams, yaw, pitch = subject_cameras(cfg, kind, rng)
     return SynthSubject(index, subject_id(index), kind, subject_split(cfg, index), shape, app, gaussians,
-                        g["labels"], cams, yaw, pitch, lighting)
+                        g["labels"], cams, yaw, pitch, lighting, asym)
 
 
 def _subject_meta(cfg: SynthConfig, subj: SynthSubject) -> dict:
-    return {"source": "perchead-synth", "generator_version": GENERATOR_VERSION, "seed": cfg.seed,
+    meta = {"source": "perchead-synth", "generator_version": GENERATOR_VERSION, "seed": cfg.seed,
             "index": subj.index, "size": cfg.size, "views": len(subj.cameras),
             "surface_resolution": cfg.surface_resolution, "head_shape": asdict(subj.shape),
             "appearance": asdict(subj.appearance), "lighting": subj.lighting}
+    # Symmetric subjects get no new keys: their subject.json stays byte for byte what it was before the
+    # asymmetric heads (a missing "heads" reads as symmetric, see _finished).
+    if subj.asymmetry is not None:
+        meta["heads"] = "asymmetric"
+        meta["asymmetry"] = asdict(subj.asymmetry)
+    return meta
 
 
 def write_synth_subject(cfg: SynthConfig, subj: SynthSubject, folder: Path) -> SubjectRecord:
@@ -602,6 +809,7 @@ def _finished(cfg: SynthConfig, folder: Path, index: int) -> SubjectRecord | Non
     same = (m.get("generator_version") == GENERATOR_VERSION and m.get("seed") == cfg.seed
             and m.get("index") == index and m.get("size") == cfg.size
             and m.get("surface_resolution") == cfg.surface_resolution
+            and m.get("heads", "symmetric") == cfg.heads
             and rec.kind == subject_kind(cfg, index) and (rec.kind == "wild" or len(rec.views) == cfg.views))
     return rec if same else None
 
@@ -633,7 +841,10 @@ def generate(cfg: SynthConfig, out: str | Path, progress: bool = True) -> SynthR
         else:
             skipped += 1
         records.append(rec)
-    meta = {"source": "perchead-synth", "generator_version": GENERATOR_VERSION, "config": asdict(cfg)}
+    config = asdict(cfg)
+    if cfg.heads == "symmetric":
+        del config["heads"]  # the index of a symmetric dataset is the one the generator wrote before "heads"
+    meta = {"source": "perchead-synth", "generator_version": GENERATOR_VERSION, "config": config}
     write_index(out, records, meta)
     count = {s: sum(r.split == s for r in records) for s in SPLITS}
     kinds = {k: sum(r.kind == k for r in records) for k in KINDS}

@@ -31,7 +31,7 @@ from perchead.inference.reconstruct import load_model
 from perchead.render import rasterize
 from perchead.render.project import quat_to_rotmat
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("deterministic")
 
 
 @pytest.fixture(scope="module")

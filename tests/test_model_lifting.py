@@ -20,7 +20,7 @@ from perchead.train.trainer import param_groups
 SIZE = 56  # 4x4 patches of 14 px
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("deterministic")
 
 
 def _model(**kw) -> PercHead:
@@ -144,6 +144,9 @@ def test_batch_input_camera_rescales_to_the_input_size():
 
 
 def test_a_few_steps_lower_the_loss_and_the_trainer_runs_it(tmp_path):
+    """Best of the last 3 of 40 steps / first loss: 0.401 (default AVX-512 kernels) and 0.402
+    (``ATEN_CPU_CAPABILITY=avx2``) with the ``deterministic`` fixture's seed and one thread; bound 0.8, twice
+    that. With 20 steps the ratio was about 0.7, too close to the bound: the loss is still falling fast there."""
     data = write_toy_dataset(tmp_path / "data", subjects=2, views=4, size=SIZE, val=0)
     model = PercHead(tiny_model_config(image_size=SIZE, decoder="lifting"))
     ds = PositionDataset(str(data), "train", DataConfig(studio_fraction=1.0), seed=0)
@@ -152,7 +155,7 @@ def test_a_few_steps_lower_the_loss_and_the_trainer_runs_it(tmp_path):
     params = [(n, p) for n, p in model.named_parameters() if not n.startswith("shp_cnn.")]
     opt = torch.optim.AdamW(param_groups(params, 0.0), lr=3e-3)
     losses = []
-    for _ in range(20):
+    for _ in range(40):
         loss, _, _ = step(batch.input_image, batch.input_mask, batch.viewmats, batch.Ks, batch.targets, batch.valid)
         opt.zero_grad()
         loss.backward()

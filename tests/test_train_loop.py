@@ -29,7 +29,7 @@ from perchead.train.data import PositionDataset, collate
 from perchead.train.testing import tiny_model_config, write_toy_dataset
 from perchead.train.trainer import CONFIG_FILE, lr_lambda, param_groups
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("deterministic")
 
 
 
@@ -81,7 +81,9 @@ def test_loss_goes_down_on_a_fixed_batch(toy_data):
         opt.step()
         losses.append(float(loss.detach()))
     assert all(torch.isfinite(torch.tensor(losses)))
-    # Best of the last 5 steps well below the first: the network learns the fixed batch.
+    # Best of the last 5 steps well below the first: the network learns the fixed batch. Measured with the
+    # deterministic fixture (seed 0, one thread): 0.378 of the first loss with AVX-512 and with AVX2 kernels;
+    # bound 0.75, twice that.
     assert min(losses[-5:]) < 0.75 * losses[0], losses
 
 

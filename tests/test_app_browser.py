@@ -8,6 +8,7 @@ Screenshots go to $PERCHEAD_TEST_ARTEFACTS, else to a pytest temporary folder.
 
 import io
 import os
+import re
 import shutil
 import socket
 import time
@@ -228,6 +229,8 @@ def test_paint_render_and_the_result_changes(browser_page, artefacts):
     page.click("#run-edit")
     text = wait_for_status(page, "#status-edit", "Rendered", "Error")
     assert text.startswith("Rendered the edited head"), text
+    # the measured fidelity to the painting is shown with the render (issue 16)
+    assert re.search(r"It follows the painting: silhouette IoU [01]\.\d\d", text), text
     before_url, before_ply = download(page, "#edit-downloads", "head.ply")
     _, before_map = download(page, "#edit-downloads", "segmentation_color.png")
 

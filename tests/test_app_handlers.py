@@ -20,7 +20,7 @@ from perchead.losses.testing import tiny_clip_config, tiny_clip_tokenizer
 from perchead.model import PercHead, preset
 from perchead.render.project import quat_scale_to_covar
 
-SMALL = dict(size=48, frames=2, video_size=48, fit_steps=0, device="cpu")
+SMALL = dict(size=48, frames=2, video_size=48, fit_steps=0, edit_fit_steps=10, device="cpu")
 
 
 def save_tiny_edit_checkpoint(root):
@@ -188,7 +188,12 @@ def test_painted_strokes_become_classes_and_change_the_head(app, example_map):
     again = app.render_edit({"background": example_map.picture, "layers": []}, "red hair")
     assert again.files["ply"].read_bytes() == plain.files["ply"].read_bytes()
     assert painted.files["ply"].read_bytes() != plain.files["ply"].read_bytes()
-    assert json.loads(painted.files["json"].read_text())["style"] == {"text": "red hair"}
+    info = json.loads(painted.files["json"].read_text())
+    assert info["style"] == {"text": "red hair"}
+    # the page says how closely the head followed the painting (measured from the map's camera, after the fit)
+    assert info["map_fit"]["ran"] and "It follows the painting: silhouette IoU" in painted.message, painted.message
+    iou = info["map_fidelity"]["silhouette_iou"]
+    assert f"silhouette IoU {iou:.2f}" in painted.message
 
 
 def test_reference_image_style(app, example_map, tmp_path):

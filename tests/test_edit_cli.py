@@ -10,6 +10,7 @@ from PIL import Image
 from perchead.cli import main
 from perchead.data.format import SEG
 from perchead.edit import EditNetwork, load_segmentation, save_segmentation
+from perchead.edit.fit import MapFitConfig
 from perchead.inference import PHOTO_FILES
 from perchead.io import load_ply
 from perchead.losses import load_clip
@@ -43,9 +44,15 @@ def test_edit_writes_reconstruct_outputs(setup, capsys):
     for name in PHOTO_FILES + ("segmentation.png", "segmentation_color.png", "edit.json"):
         assert (out / name).is_file(), name
     g = load_ply(out / "head.ply")
-    assert len(g) == preset("tiny").num_gaussians
+    assert len(g) == MapFitConfig.num_gaussians  # fitted to the map: densified
     info = json.loads((out / "edit.json").read_text())
     assert info["style"] == {"text": "red hair"} and info["segmentation"].startswith("file:")
+    # how closely the head follows the map, measured from its camera, and the fit's record
+    assert info["map_fit"]["ran"] and info["map_fit"]["steps"] == MapFitConfig.steps
+    assert info["map_fit"]["label_l1_after"] < info["map_fit"]["label_l1_before"]
+    fid = info["map_fidelity"]
+    assert 0 <= fid["silhouette_iou"] <= 1 and set(fid["iou"]) == {"hair", "skin", "ears", "neck", "cloth"}
+    assert "silhouette IoU" in capsys.readouterr().err
     assert load_segmentation(out / "segmentation.png").shape == (128, 128)
     assert not list(out.glob(".perchead-partial-*"))
 
@@ -54,6 +61,15 @@ def test_edit_writes_reconstruct_outputs(setup, capsys):
     g2 = load_ply(out2 / "head.ply")
     assert not torch.allclose(g.sh, g2.sh)  # another style, other colours
     assert json.loads((out2 / "edit.json").read_text())["style"] == {"image": str(setup / "ref.png")}
+
+
+def test_fit_steps_zero_is_the_network_alone(setup):
+    out = setup / "out_nofit"
+    assert run(setup, "--seg", str(setup / "map.png"), "--style-text", "red hair", "--fit-steps", "0", "--no-video",
+               "-o", str(out)) == 0
+    assert len(load_ply(out / "head.ply")) == preset("tiny").num_gaussians
+    info = json.loads((out / "edit.json").read_text())
+    assert info["map_fit"]["ran"] is False and info["map_fidelity"]["silhouette_iou"] is not None
 
 
 def test_edit_from_photo_uses_the_offline_segmenter(setup):

@@ -19,6 +19,7 @@ def app(
     size: int = 512,
     frames: int = 60,
     fit_steps: int = 60,
+    edit_fit_steps: int = 60,
     threads: int | None = None,
     work_dir: Path | None = None,
 ) -> int:
@@ -40,6 +41,7 @@ def app(
         size: side of every rendered view and of the turntable, pixels.
         frames: turntable frames.
         fit_steps: steps of the fit of each reconstruction to its photo (0: the network's prediction alone).
+        edit_fit_steps: steps of the fit of each edited head to its painted map (0: the editing network alone).
         threads: CPU threads for the network and the rasteriser (default: all cores).
         work_dir: folder for the results (default: a temporary folder deleted on exit).
     """
@@ -57,7 +59,8 @@ def app(
         raise ValueError(f"--port must be 1..65535, got {port}")
     logging.getLogger("perchead.preprocess").setLevel(logging.ERROR)  # the page shows the warnings it needs
     config = AppConfig(checkpoint=checkpoint, edit_checkpoint=edit_checkpoint, clip=clip, device=device,
-                       size=size, frames=frames, fit_steps=fit_steps, max_upload_mb=max_upload_mb, work_dir=work_dir)
+                       size=size, frames=frames, fit_steps=fit_steps, edit_fit_steps=edit_fit_steps,
+                       max_upload_mb=max_upload_mb, work_dir=work_dir)
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"perchead app: listening on {host}: anyone who can reach this machine can use the page (there is "
               "no login)", file=sys.stderr)

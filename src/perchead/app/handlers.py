@@ -31,8 +31,16 @@ import torch
 
 from perchead.data.format import SEG
 from perchead.edit import colorize, load_segmentation, segment_photo
+from perchead.edit.fit import MapFitConfig
 from perchead.edit.network import DEMO_EDIT_CHECKPOINT
-from perchead.edit.pipeline import generate_head, image_style, map_preprocessed, write_edit_files
+from perchead.edit.pipeline import (
+    fidelity_line,
+    follow_map,
+    generate_head,
+    image_style,
+    map_preprocessed,
+    write_edit_files,
+)
 from perchead.edit.segmentation import resize_segmentation
 from perchead.geometry import Gaussians
 from perchead.inference import (
@@ -82,6 +90,8 @@ class AppConfig:
     """side of the turntable frames (None: ``size``)"""
     fit_steps: int = FitConfig.steps
     """steps of the fit to the photo (0: the network's prediction alone)"""
+    edit_fit_steps: int = MapFitConfig.steps
+    """steps of the fit of an edited head to its painted map (0: the editing network's Gaussians alone)"""
     max_upload_mb: float = 20.0
     """uploads larger than this are refused"""
     max_pixels: int = 50_000_000
@@ -372,21 +382,26 @@ class PercheadApp:
                     style_desc = {"text": style_text.strip()}
                 progress(0.2, "running the editing network")
                 g = generate_head(net, labels, style, rec.device, rec.render_device)
+                fit = MapFitConfig(steps=self.config.edit_fit_steps)
+                if fit.steps:
+                    progress(0.3, f"fitting the head to the painted map ({fit.steps} steps)")
+                g, followed = follow_map(net, g, labels, fit, rec.config.backend)
                 pre = map_preprocessed(labels, rec.config.crop_size, "painted map")
                 info = {"checkpoint": rec.config.checkpoint, "clip": net.edit_config.clip,
                         "notice": self.edit_notice or None, "segmentation": "painted in perchead app",
-                        "style": style_desc}
+                        "style": style_desc, **followed}
 
                 out = self._new_result_dir("edit")
-                self._write(rec, rec.render_result(g, pre, progress=progress), out, progress,
-                            lambda stage: write_edit_files(stage, labels, info))
+                self._write(rec, rec.render_result(g, pre, progress=progress, sharpen=fit.steps == 0), out,
+                            progress, lambda stage: write_edit_files(stage, labels, info))
         except Exception as exc:
             if not isinstance(exc, (ValueError, OSError)):
                 log.exception("edit failed")
             return Result(False, failure(exc, style_image), seconds=time.perf_counter() - start)
         seconds = time.perf_counter() - start
         described = f"text \"{style_desc['text']}\"" if "text" in style_desc else f"image {style_desc['image']}"
-        return Result(True, f"Rendered the edited head (style: {described}) in {seconds:.1f} s.",
+        return Result(True, f"Rendered the edited head (style: {described}) in {seconds:.1f} s. "
+                      f"It follows the painting: {fidelity_line(followed)}.",
                       self._files(out, {"map": "segmentation_color.png", "json": "edit.json"}), seconds)
 
 

@@ -12,8 +12,17 @@ import tyro
 
 from perchead.data.format import SEG
 
+from .fit import MapFitConfig
 from .network import EditNetwork, load_edit_network
-from .pipeline import EDIT_FILES, generate_head, image_style, map_preprocessed, write_edit_files
+from .pipeline import (
+    EDIT_FILES,
+    fidelity_line,
+    follow_map,
+    generate_head,
+    image_style,
+    map_preprocessed,
+    write_edit_files,
+)
 from .segmentation import load_face_parser, load_segmentation, resize_segmentation, segment_photo
 
 
@@ -35,6 +44,8 @@ def edit(
     sharpen: bool = True,
     allow_no_face: bool = False,
     backend: Literal["auto", "cpu", "reference", "gsplat"] = "auto",
+    fit_steps: int = MapFitConfig.steps,
+    fit_gaussians: int = MapFitConfig.num_gaussians,
 ) -> int:
     """Edit a 3D head: the segmentation map sets the geometry, a reference image or a text prompt the style
     (docs/editing.md). Writes OUT/head.ply, head.splat, turntable.mp4, views.png, input_crop.png,
@@ -59,6 +70,10 @@ def edit(
         sharpen: apply the checkpoint's SHP-CNN to renders.
         allow_no_face: --from: crop the centred square when no face is found.
         backend: rasteriser.
+        fit_steps: steps fitting the head to the map from the map's camera (silhouette, labels, colours;
+            docs/editing.md); 0: the editing network's Gaussians as they are. The fidelity (silhouette and
+            per-class IoU) is written to edit.json either way.
+        fit_gaussians: Gaussians after densifying for the fit (a square multiple of the network's).
     """
     from perchead.inference import ReconstructConfig, Reconstructor, staged_output
     from perchead.preprocess import load_image
@@ -110,16 +125,21 @@ def edit(
             style_desc = {"image": str(from_photo), "matted": True}
         style = image_style(net, rgb, mask, rec.device)
 
+    fit = MapFitConfig(steps=fit_steps, num_gaussians=fit_gaussians)
     g = generate_head(net, labels, style, rec.device, rec.render_device)
-    result = rec.render_result(g, pre)
+    g, followed = follow_map(net, g, labels, fit, rec.config.backend)
+    # SHP-CNN learned to sharpen the network's renders; a fitted head is not one
+    result = rec.render_result(g, pre, sharpen=fit.steps == 0)
     info = {"checkpoint": checkpoint, "clip": net.edit_config.clip, "notice": net.notice or None,
-            "segmentation": seg_source, "style": style_desc, "photo": None if from_photo is None else str(from_photo)}
+            "segmentation": seg_source, "style": style_desc, "photo": None if from_photo is None else str(from_photo),
+            **followed}
     # One staging folder for reconstruct's files and ours: all of them appear, or none.
     with staged_output(out) as stage:
         rec.write(result, stage)
         write_edit_files(stage, labels, info)
     names = [f.name for f in result.files] + list(EDIT_FILES)
-    print(f"{seg_source} + style {style_desc} -> {out}/ [{', '.join(names)}]", file=sys.stderr)
+    print(f"{seg_source} + style {style_desc} -> {out}/ [{', '.join(names)}]; {fidelity_line(followed)}",
+          file=sys.stderr)
     return 0
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,6 +35,7 @@ from perchead.eval.protocol import describe_protocol, view_pairs, views_from_cam
 from perchead.geometry import Gaussians
 from perchead.model import PercHead
 
+from .map_eval import MapEvalConfig, evaluate_map_fidelity, fitted_disentanglement, format_fidelity
 from .network import EditNetwork, load_edit_network
 
 BASELINE = "template_mean_colour"
@@ -48,6 +49,9 @@ class EditEvalConfig(EvalConfig):
 
     disentangle_subjects: int = 12
     """subjects whose input views are swapped pairwise in the disentanglement measure (all ordered pairs)"""
+    map_fidelity: MapEvalConfig = field(default_factory=MapEvalConfig)
+    """does the head follow the map: IoU from the map's camera, controlled edits, the fit (map_eval.py);
+    ``--config.map-fidelity.subjects 0`` skips it"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -63,10 +67,12 @@ class EditEvalResult:
     """one per (group, method): images, subjects, mean psnr, mean ssim"""
     disentanglement: dict[str, Any]
     info: dict[str, Any]
+    map_fidelity: dict[str, Any] | None = None
+    """:func:`perchead.edit.map_eval.evaluate_map_fidelity`'s result, with ``fitted_disentanglement``"""
 
     def to_json(self) -> dict[str, Any]:
-        return {"summary": self.summary, "disentanglement": self.disentanglement, "info": self.info,
-                "rows": self.rows}
+        return {"summary": self.summary, "disentanglement": self.disentanglement,
+                "map_fidelity": self.map_fidelity, "info": self.info, "rows": self.rows}
 
 
 def _sample(subject: SubjectRecord, indices: Sequence[int], cache: dict[int, Any]) -> dict:
@@ -140,10 +146,13 @@ def between_subjects(g: Gaussians) -> dict[str, float]:
 
 def evaluate_edit(checkpoint: str | Path | EditNetwork, data: str | Path, config: EditEvalConfig | None = None,
                   reconstruction: str | Path | PercHead | None = None, clip: str | None = None,
-                  progress: bool = False, figure: str | Path | None = None) -> EditEvalResult:
+                  progress: bool = False, figure: str | Path | None = None,
+                  fidelity_figure: str | Path | None = None) -> EditEvalResult:
     """Score the editing network (and the baseline, and optionally a reconstruction model) on the held-out
     subjects, and measure its disentanglement (see the module docstring). ``figure``: a PNG grid of the first
-    subjects' pairs (input, map, target, then each method at the first target)."""
+    subjects' pairs (input, map, target, then each method at the first target); ``fidelity_figure``: the
+    first subject's controlled map edits (the map, then front / profile / back of the network's and of the
+    fitted head)."""
     from perchead.edit.segmentation import colorize
     from perchead.train.data import collate
 
@@ -208,6 +217,16 @@ def evaluate_edit(checkpoint: str | Path | EditNetwork, data: str | Path, config
             # The scale of the swaps: how much the reconstruction model's Gaussians differ between these subjects.
             with torch.no_grad():
                 dis["reconstruction_between_subjects"] = between_subjects(rec(image, mask))
+    fidelity = None
+    if cfg.map_fidelity.subjects > 0:
+        cells: list | None = [] if fidelity_figure is not None else None
+        fidelity = evaluate_map_fidelity(net, subjects, cfg.map_fidelity, cfg.backend, progress, cells)
+        fidelity["fitted_disentanglement"] = fitted_disentanglement(
+            net, subjects, cfg.map_fidelity.disentangle_subjects, cfg.map_fidelity.fit, cfg.backend)
+        if cells:
+            from perchead.io.media import save_grid
+
+            save_grid([c for c, _ in cells], fidelity_figure, 7, [label for _, label in cells])
     info = {
         "checkpoint": str(checkpoint) if not isinstance(checkpoint, EditNetwork) else "<in-memory network>",
         "clip": net.edit_config.clip, "notice": net.notice or None,
@@ -225,7 +244,7 @@ def evaluate_edit(checkpoint: str | Path | EditNetwork, data: str | Path, config
         "seconds": round(time.perf_counter() - t_start, 1),
         "machine": machine(),
     }
-    return EditEvalResult(rows, summarise(rows), dis, info)
+    return EditEvalResult(rows, summarise(rows), dis, info, fidelity)
 
 
 def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -260,6 +279,16 @@ def format_table(result: EditEvalResult) -> str:
         if r:
             lines += [f"reconstruction model, between these subjects' inputs: {r['position_m'] * 1000:.3f} mm, "
                       f"RGB {r['rgb']:.4f}"]
+    if result.map_fidelity:
+        m = result.map_fidelity
+        lines += ["", f"Map fidelity from the map's camera ({m['config']['subjects']} subjects, their frontal "
+                  "view's map; labels from the unedited map):", "", *format_fidelity(m)]
+        d = m.get("fitted_disentanglement", {})
+        if "style_swap" in d:
+            lines += ["", f"Through the map fit ({d['ordered_pairs']} ordered pairs of {d['subjects']} subjects): "
+                      f"style swap {d['style_swap']['position_m'] * 1000:.3f} mm / RGB {d['style_swap']['rgb']:.4f}, "
+                      f"map swap {d['map_swap']['position_m'] * 1000:.3f} mm / RGB {d['map_swap']['rgb']:.4f}; "
+                      f"map swap / style swap displacement {d['position_ratio_map_over_style']:.2f}"]
     return "\n".join(lines)
 
 
@@ -271,11 +300,13 @@ def eval_edit(
     clip: Annotated[str | None, tyro.conf.arg(help="CLIP replacing the one the checkpoint names")] = None,
     out: Annotated[Path | None, tyro.conf.arg(help="write summary, disentanglement and rows as JSON")] = None,
     figure: Annotated[Path | None, tyro.conf.arg(help="save a PNG grid of examples")] = None,
+    fidelity_figure: Annotated[Path | None, tyro.conf.arg(help="save a PNG of the controlled map edits")] = None,
     config: Annotated[EditEvalConfig, tyro.conf.arg(name="")] = EditEvalConfig(),  # noqa: B008 -- tyro default
 ) -> int:
     """Evaluate an editing network on held-out subjects: (own map + own image style) -> novel / extreme views
     against the mean-colour template, and style-swap vs map-swap disentanglement. Exits 0 whatever the numbers."""
-    result = evaluate_edit(checkpoint, data, config, reconstruction, clip, progress=True, figure=figure)
+    result = evaluate_edit(checkpoint, data, config, reconstruction, clip, progress=True, figure=figure,
+                           fidelity_figure=fidelity_figure)
     print(format_table(result))
     if out is not None:
         from perchead.io.atomic import atomic_write_text

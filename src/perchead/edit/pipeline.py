@@ -12,6 +12,8 @@ import torch
 from perchead.data.format import SEG
 from perchead.geometry import Gaussians
 
+from .fidelity import gaussian_labels, map_fidelity, render_labels
+from .fit import MapFitConfig, fit_to_map
 from .network import EditNetwork
 from .segmentation import colorize, resize_segmentation, save_segmentation
 
@@ -53,6 +55,43 @@ def generate_head(net: EditNetwork, labels: np.ndarray, style: torch.Tensor, dev
     return g
 
 
+def map_camera(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(viewmat, K at ``size`` px) of a painted map: the standard frontal input camera, the one the training
+    maps were seen from and ``map_preprocessed`` gives."""
+    from perchead.inference.pose import Pose, camera_K
+
+    return Pose(0.0, 0.0).viewmat, camera_K(size)
+
+
+def follow_map(net: EditNetwork, gaussians: Gaussians, labels: np.ndarray, config: MapFitConfig,
+               backend: str = "auto", progress=None) -> tuple[Gaussians, dict]:
+    """The edit's head fitted to its map (:func:`perchead.edit.fit.fit_to_map`, ``config.steps`` 0: as the
+    network gave it) and how closely it follows the map from the map's camera (silhouette and per-group IoU,
+    :func:`perchead.edit.fidelity.map_fidelity`): the ``map_fit`` and ``map_fidelity`` of edit.json."""
+    seg = torch.from_numpy(labels.astype(np.int64)).to(gaussians.means.device)
+    vm, K = (t.to(gaussians.means) for t in map_camera(seg.shape[-1]))
+    point_labels = gaussian_labels(gaussians, seg, vm, K, backend)
+    anchors, s_max = net.template.points()[0].to(gaussians.means), float(net.heads.s_max_m)
+    result = fit_to_map(gaussians, point_labels, seg, vm, K, config, anchors, s_max, backend, progress)
+    with torch.no_grad():
+        rendered, alpha = render_labels(result.gaussians, result.labels, vm, K, seg.shape[-1], backend)
+        fidelity = map_fidelity(rendered, alpha, seg)
+    fidelity["measured"] = "from the map's camera; labels from the map on the network's Gaussians"
+    return result.gaussians, {"map_fit": result.metadata(config), "map_fidelity": fidelity}
+
+
+def fidelity_line(info: dict) -> str:
+    """One line for people: how closely the head follows the painted map."""
+    f = info["map_fidelity"]
+    hair = f["iou"].get("hair")
+    fitted = "fitted to the map" if info["map_fit"]["ran"] else "the network alone"
+    sil = f["silhouette_iou"]
+    text = f"silhouette IoU {sil:.2f}" if sil is not None else "silhouette IoU n/a"
+    if hair is not None:
+        text += f", hair IoU {hair:.2f}"
+    return f"{text} from the map's camera ({fitted})"
+
+
 def write_edit_files(folder: Path, labels: np.ndarray, info: dict) -> None:
     """segmentation.png (class ids), segmentation_color.png (palette colours, to repaint and pass back with
     --seg) and edit.json, into ``folder`` (a staging folder: they appear with reconstruct's files or not at all)."""
@@ -63,4 +102,5 @@ def write_edit_files(folder: Path, labels: np.ndarray, info: dict) -> None:
     (folder / "edit.json").write_text(json.dumps(info, indent=1) + "\n")
 
 
-__all__ = ["EDIT_FILES", "generate_head", "image_style", "map_preprocessed", "write_edit_files"]
+__all__ = ["EDIT_FILES", "fidelity_line", "follow_map", "generate_head", "image_style", "map_camera",
+           "map_preprocessed", "write_edit_files"]

@@ -216,8 +216,15 @@ def photo_colours(gaussians: Gaussians, viewmat: Tensor, image: Tensor, mask: Te
     return colour.clamp(0, 1), weight
 
 
+def paint(gaussians: Gaussians, colour: Tensor, weight: Tensor, prior_visibility: float) -> Gaussians:
+    """Blend each Gaussian's colour toward ``colour`` by how well it is seen (``weight`` pixels of compositing
+    weight, half way at ``prior_visibility``): unseen ones keep the prediction's."""
+    blend = (weight / (weight + prior_visibility))[:, None]
+    return gaussians.replace(sh=rgb_to_sh_dc(blend * colour + (1 - blend) * gaussians.rgb).unsqueeze(-2))
+
+
 # -- 4. the fit ----------------------------------------------------------------------------------------------
-class _Params(torch.nn.Module):
+class FitParams(torch.nn.Module):
     """The optimised parameters, with the position bound built in."""
 
     def __init__(self, g: Gaussians, anchors: Tensor | None, s_max: float | None) -> None:
@@ -226,7 +233,8 @@ class _Params(torch.nn.Module):
         if anchors is None:
             self.pos = torch.nn.Parameter(g.means.clone())
         else:
-            self.pos = torch.nn.Parameter(torch.atanh(((g.means - anchors) / s_max).clamp(-0.995, 0.995)))
+            self.pos = torch.nn.Parameter(torch.empty_like(g.means))
+            self.set_means(g.means)
         self.log_scales = torch.nn.Parameter(g.log_scales.clone())
         self.quats = torch.nn.Parameter(g.quats.clone())
         self.opacity_logits = torch.nn.Parameter(g.opacity_logits.clone())
@@ -234,6 +242,14 @@ class _Params(torch.nn.Module):
 
     def means(self) -> Tensor:
         return self.pos if self.anchors is None else self.anchors + torch.tanh(self.pos) * self.s_max
+
+    @torch.no_grad()
+    def set_means(self, means: Tensor) -> None:
+        """Move the Gaussians to ``means`` (clamped into the anchored range)."""
+        if self.anchors is None:
+            self.pos.copy_(means)
+        else:
+            self.pos.copy_(torch.atanh(((means - self.anchors) / self.s_max).clamp(-0.995, 0.995)))
 
     def gaussians(self) -> Gaussians:
         rgb = torch.sigmoid(self.colour_logits)
@@ -301,23 +317,12 @@ def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anch
         colour = torch.where(only_m[:, None], colour_m, colour)
         seen = torch.maximum(seen, mirror_w / cfg.mirror_weight * weight_m / (weight_m + cfg.prior_visibility))
         weight = torch.maximum(weight, weight_m)
-    blend = (weight / (weight + cfg.prior_visibility))[:, None]
-    dense = dense.replace(sh=rgb_to_sh_dc(blend * colour + (1 - blend) * dense.rgb).unsqueeze(-2))
+    dense = paint(dense, colour, weight, cfg.prior_visibility)
 
-    params = _Params(dense, None if anchors is None else anchors.to(device)[parents], s_max)
-    prior = {"pos": params.means().detach(), "rgb": dense.rgb.detach(), "opacity": dense.opacity_logits.detach()}
+    params = FitParams(dense, None if anchors is None else anchors.to(device)[parents], s_max)
+    prior = Prior.of(params, dense, s_max)
     trust = seen.detach().sqrt()  # partly seen silhouette Gaussians still need to move to match the outline
     unseen = 1.0 - trust
-    lr = cfg.lr
-    opt = torch.optim.Adam([
-        {"params": [params.pos], "lr": lr * cfg.lr_position * (1.0 if anchors is not None else 0.01)},
-        {"params": [params.log_scales], "lr": lr * cfg.lr_scale},
-        {"params": [params.quats], "lr": lr * cfg.lr_rotation},
-        {"params": [params.opacity_logits], "lr": lr * cfg.lr_opacity},
-        {"params": [params.colour_logits], "lr": lr * cfg.lr_colour},
-    ], eps=1e-15)
-    # Prior distances in natural units: the position bound (or 1 cm), colour and opacity as they are.
-    pos_unit = float(s_max) if s_max else 0.01
 
     def total_loss() -> tuple[Tensor, Tensor]:
         g = params.gaussians()
@@ -328,16 +333,54 @@ def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anch
         loss = view_loss(rgb[:1], alpha[:1], img, msk, cfg)
         if mirror_w > 0:
             loss = loss + mirror_w * view_loss(rgb[1:], alpha[1:], img.flip(-1), msk.flip(-1), cfg)
-        if cfg.prior_weight > 0:
-            d_pos = ((g.means - prior["pos"]) / pos_unit).square().sum(-1)
-            d_rgb = (g.rgb - prior["rgb"]).square().sum(-1)
-            d_opa = (torch.sigmoid(g.opacity_logits) - torch.sigmoid(prior["opacity"])).square()
-            loss = loss + cfg.prior_weight * (unseen * (d_pos + d_rgb + d_opa)).mean()
-        return loss, l1_input
+        return loss + cfg.prior_weight * prior.loss(g, unseen), l1_input
 
+    fitted, losses, l1s = optimise(params, trust, total_loss, cfg, anchors is not None, progress)
+    return FitResult(fitted, pose, cfg.steps, losses, l1s, time.perf_counter() - start,
+                     float((seen > 0.5).float().mean()))
+
+
+@dataclass
+class Prior:
+    """What barely seen Gaussians are pulled back to: the prediction's positions, colours and opacities."""
+
+    pos: Tensor
+    rgb: Tensor
+    opacity: Tensor
+    pos_unit: float
+    """position distances in units of the anchored bound s_max (or 1 cm when positions are free)"""
+
+    @classmethod
+    def of(cls, params: FitParams, start: Gaussians, s_max: float | None) -> Prior:
+        """``start``: the Gaussians ``params`` were made from (their colours unclamped)."""
+        return cls(params.means().detach(), start.rgb.detach(), torch.sigmoid(start.opacity_logits.detach()),
+                   float(s_max) if s_max else 0.01)
+
+    def loss(self, g: Gaussians, weight: Tensor) -> Tensor:
+        """Mean over Gaussians of ``weight`` x (squared position, colour and opacity distance to the prior)."""
+        d_pos = ((g.means - self.pos) / self.pos_unit).square().sum(-1)
+        d_rgb = (g.rgb - self.rgb).square().sum(-1)
+        d_opa = (torch.sigmoid(g.opacity_logits) - self.opacity).square()
+        return (weight * (d_pos + d_rgb + d_opa)).mean()
+
+
+def optimise(params: FitParams, trust: Tensor, total_loss: Callable[[], tuple[Tensor, Tensor]], cfg: FitConfig,
+             anchored: bool, progress: FitProgress | None,
+             after_step: Callable[[], None] | None = None) -> tuple[Gaussians, list[float], tuple[float, float]]:
+    """``cfg.steps`` Adam steps on ``total_loss() -> (loss, a monitored L1)``, each Gaussian's step scaled by
+    its ``trust`` in [0, 1], then ``after_step()`` (a projection of the parameters, under no_grad). Returns
+    the fitted Gaussians, the loss before every step and after the last, and
+    the monitored L1 before and after. Raises :class:`FitDivergedError` on a NaN/infinite loss or parameter."""
+    lr = cfg.lr
+    opt = torch.optim.Adam([
+        {"params": [params.pos], "lr": lr * cfg.lr_position * (1.0 if anchored else 0.01)},
+        {"params": [params.log_scales], "lr": lr * cfg.lr_scale},
+        {"params": [params.quats], "lr": lr * cfg.lr_rotation},
+        {"params": [params.opacity_logits], "lr": lr * cfg.lr_opacity},
+        {"params": [params.colour_logits], "lr": lr * cfg.lr_colour},
+    ], eps=1e-15)
     losses: list[float] = []
     first_l1 = math.nan
-    l1 = torch.tensor(math.nan)
     for step in range(cfg.steps):
         loss, l1 = total_loss()
         value = float(loss.detach())
@@ -357,6 +400,8 @@ def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anch
             # Gaussian's step is scaled by how well the input camera (or the mirror) sees it.
             for p, old in zip(params.parameters(), before, strict=True):
                 p.copy_(old + trust.view(-1, *[1] * (p.ndim - 1)) * (p - old))
+            if after_step is not None:
+                after_step()
         if progress is not None:
             progress(step + 1, cfg.steps, value)
     with torch.no_grad():
@@ -370,9 +415,9 @@ def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anch
                                "--fit-steps 0 for the network's result alone") from exc
     if not math.isfinite(losses[-1]):
         raise FitDivergedError(f"the fit diverged (final loss {losses[-1]}); nothing was written")
-    return FitResult(fitted, pose, cfg.steps, losses, (first_l1, float(l1)), time.perf_counter() - start,
-                     float((seen > 0.5).float().mean()))
+    return fitted, losses, (first_l1, float(l1))
 
 
-__all__ = ["FitConfig", "FitDivergedError", "FitProgress", "FitResult", "child_grid", "densify", "fit_to_photo",
-           "mirror_viewmat", "photo_colours"]
+__all__ = ["FitConfig", "FitDivergedError", "FitParams", "FitProgress", "FitResult", "Prior", "child_grid",
+           "densify", "fit_to_photo", "mirror_viewmat", "optimise", "paint", "photo_colours",
+           "view_loss"]

@@ -127,11 +127,13 @@ def render_features(gaussians: Gaussians, features: Tensor, viewmats: Tensor, Ks
     """Composite arbitrary per-Gaussian features (labels, latent codes, colours without SH) instead of RGB.
 
     ``features`` is [N, F] or per camera [C, N, F]. Returns the premultiplied features [C, H, W, F]
-    (sum_i f_i alpha_i T_i, no background) and alpha [C, H, W, 1]. Unbatched Gaussians only.
+    (sum_i f_i alpha_i T_i, no background) and alpha [C, H, W, 1]. Unbatched Gaussians only. On CUDA
+    ("auto" / "gsplat") the features are composited by the reference backend.
     """
     which = resolve_backend(backend, gaussians.means.device)
     if which == "gsplat":
-        raise ValueError("render_features supports the 'cpu' and 'reference' backends; gsplat renders RGB only here")
+        # gsplat composites RGB only here; the reference compositor is plain PyTorch and runs on the GPU too
+        which = "reference"
     if viewmats.ndim == 2:
         viewmats, Ks = viewmats[None], Ks.reshape(-1, 3, 3)
     viewmats, Ks = viewmats.to(gaussians.means), Ks.to(gaussians.means).expand(len(viewmats), 3, 3)

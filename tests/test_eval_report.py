@@ -126,6 +126,46 @@ def test_the_rows_are_the_renders_scores(setup, tmp_path):
     assert result["info"]["subjects"] == [subject.id]
 
 
+def test_fitted_method_renders_the_fit_not_the_prediction(setup):
+    from perchead.eval.harness import FittedMethod, ModelMethod
+    from perchead.geometry import HEAD_CAMERA_RADIUS, orbit_viewmats
+    from perchead.inference.fit import FitConfig
+    from perchead.inference.pose import camera_K
+
+    model = PercHead.from_pretrained(setup[1])
+    torch.manual_seed(0)
+    image, mask = torch.rand(1, 3, SIZE, SIZE), torch.ones(1, 1, SIZE, SIZE)
+    vm = orbit_viewmats([0.0, 90.0], [0.0, 0.0], HEAD_CAMERA_RADIUS)[None]
+    K = camera_K(SIZE).expand(1, 2, 3, 3)
+    method = FittedMethod("a", model, FitConfig(steps=3, num_gaussians=0, size=32))
+    fitted = method.render(image, mask, vm, K, SIZE, "cpu")["a_fitted"]
+    plain = ModelMethod("a", model, sharpened=False).render(image, mask, vm, K, SIZE, "cpu")["a"]
+    assert fitted.shape == plain.shape == (1, 2, 3, SIZE, SIZE) and 0 <= float(fitted.min())
+    assert float((fitted - plain).abs().max()) > 1e-3  # the fit changed the head
+    assert method.names == ("a_fitted",) and "3 steps" in method.description
+
+
+@pytest.mark.slow
+def test_fitted_method_scores_the_fit_of_each_template_checkpoint(setup, tmp_path):
+    """``--fit-steps N`` adds NAME_fitted (perchead reconstruct's fit of the prediction to the input view) on
+    the same pairs. Nothing is asserted about whether it scores better (random tiny network; docs/results.md has
+    the measured rows of the demo)."""
+    data, template, _, _ = setup
+    out = tmp_path / "fit"
+    code = main(["eval", "--checkpoint", str(template), "--data", str(data), "--out", str(out), "--split", "train",
+                 "--metrics", "psnr", "--figure-subjects", "0", "--max-subjects", "1", "--fit-steps", "2"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["info"]["methods"]) == ["run_a", "run_a_fitted", "template_mean_colour"]
+    assert "fitted to the input view: 2 steps" in summary["info"]["methods"]["run_a_fitted"]
+    groups = {(s["method"], s["group"]): s for s in summary["summary"]}
+    for group in ("novel", "extreme", "extreme_back", "opposite_profile"):
+        fitted, plain = groups[("run_a_fitted", group)], groups[("run_a", group)]
+        assert fitted["images"] == plain["images"] and math.isfinite(fitted["psnr"])
+        assert fitted["psnr"] != plain["psnr"]  # the fit changed the head
+    assert "--fit-steps 2" in summary["info"]["command"]
+
+
 def test_unavailable_metrics_are_empty_columns_with_the_reason(setup, tmp_path):
     data, template, _, _ = setup
     from perchead.eval.metrics import MetricConfig

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from perchead.data.format import HeadDataset, SubjectRecord, load_view, read_dataset
 from perchead.geometry import Gaussians
+from perchead.inference.fit import FitConfig, fit_to_photo
 from perchead.model import HeadTemplate, PercHead
 from perchead.model.lifting import batch_input_camera
 from perchead.render import rasterize
@@ -42,6 +43,7 @@ from .protocol import GROUPS, TASKS, ProtocolConfig, ViewPair, target_crop, task
 SETTINGS: tuple[str, ...] = TASKS  # the tasks evaluated, in order; their pairs fall into GROUPS
 BASELINE = "template_mean_colour"
 SHARPENED_SUFFIX = "_sharpened"
+FITTED_SUFFIX = "_fitted"
 
 
 @dataclass
@@ -62,6 +64,9 @@ class EvalConfig:
     """evaluate only these subject ids (e.g. nersemble_059 ...); empty: every multi-view subject of the split"""
     backend: str = "auto"
     """rasterizer backend (auto / cpu / gsplat / reference)"""
+    fit_steps: int = 0
+    """> 0: also every checkpoint fitted to the input view as `perchead reconstruct` fits it (its FitConfig
+    with this many steps, the input camera estimated from the input image): methods NAME_fitted"""
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
 
     def __post_init__(self) -> None:
@@ -73,6 +78,8 @@ class EvalConfig:
             raise ValueError(f"size must be at least 8 pixels, got {self.size}")
         if self.max_subjects is not None and self.max_subjects < 1:
             raise ValueError(f"max_subjects must be >= 1, got {self.max_subjects}")
+        if self.fit_steps < 0:
+            raise ValueError(f"fit_steps must be >= 0, got {self.fit_steps}")
         self.subjects = tuple(self.subjects)
 
 
@@ -138,6 +145,32 @@ class ModelMethod(Method):
         if self.sharpened:
             out[self.names[1]] = sharpen_views(self.model, raw).clamp(0, 1)
         return out
+
+
+class FittedMethod(Method):
+    """A checkpoint's prediction fitted to the input view (:func:`perchead.inference.fit.fit_to_photo`, what
+    ``perchead reconstruct`` writes): the input camera estimated from the input image, no SHP-CNN."""
+
+    def __init__(self, name: str, model: PercHead, fit: FitConfig, source: str = "") -> None:
+        self.model, self.fit = model.eval(), fit
+        self.names = (name + FITTED_SUFFIX,)
+        self.image_size = model.config.image_size
+        self.description = (f"checkpoint {source or '<in-memory>'} fitted to the input view: {fit.steps} steps, "
+                            f"{fit.num_gaussians} Gaussians, {fit.size} px (perchead reconstruct's fit)")
+
+    def render(self, image, mask, viewmats, Ks, size, backend, input_camera=None):
+        anchors, s_max = None, None
+        if self.model.config.decoder == "template":
+            anchors, s_max = self.model.template.points()[0], float(self.model.heads.s_max_m)
+        with torch.no_grad():
+            g = self.model(image, mask)
+        out = []
+        for b in range(image.shape[0]):
+            fitted = fit_to_photo(g[b], image[b], mask[b], self.fit, anchors, s_max, backend=backend).gaussians
+            with torch.no_grad():
+                rgb = rasterize(fitted, viewmats[b], Ks[b], size, size, backend=backend).rgb
+            out.append(rgb.permute(0, 3, 1, 2))
+        return {self.names[0]: torch.stack(out).clamp(0, 1)}
 
 
 def mean_foreground_colour(image: Tensor, mask: Tensor) -> Tensor:

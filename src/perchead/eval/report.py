@@ -39,6 +39,7 @@ from typing import Annotated, Any, Literal
 
 import tyro
 
+from perchead.inference.fit import FitConfig
 from perchead.io.atomic import atomic_output, atomic_write_json, atomic_write_text
 from perchead.model import PercHead
 
@@ -47,6 +48,7 @@ from .harness import (
     Case,
     EvalConfig,
     EvalRun,
+    FittedMethod,
     MeanColourTemplate,
     Method,
     ModelMethod,
@@ -574,6 +576,8 @@ def run_eval(checkpoints: dict[str, str], data: Path, out: Path, config: EvalCon
     for name, model in models.items():
         sharpened = shp == "both" or (shp == "auto" and not shp_is_identity(model))
         methods.append(ModelMethod(name, model, sharpened, source=checkpoints[name]))
+        if config.fit_steps > 0:
+            methods.append(FittedMethod(name, model, FitConfig(steps=config.fit_steps), source=checkpoints[name]))
     methods.append(MeanColourTemplate(first.template, first.config.image_size, config.baseline_opacity,
                                       config.baseline_scale))
     method_names = [n for m in methods for n in m.names]

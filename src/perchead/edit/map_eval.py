@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from perchead.data.format import SubjectRecord, load_view
+from perchead.data.format import SEG, SubjectRecord, load_view
 from perchead.geometry import HEAD_CAMERA_RADIUS, Gaussians, orbit_viewmats
 from perchead.render import rasterize
 
@@ -79,8 +79,6 @@ def _holes(edited: Gaussians, unedited: Gaussians, labels: Tensor, group: str, K
     vms = orbit_viewmats(list(SIDE_YAWS), [0.0] * len(SIDE_YAWS), HEAD_CAMERA_RADIUS).to(edited.means)
     Ks = K.to(edited.means).expand(len(vms), 3, 3)
     a1 = rasterize(edited, vms, Ks, size, size, backend=backend).alpha[..., 0]
-    from perchead.data.format import SEG
-
     ids = torch.tensor([SEG[n] for n in CLASS_GROUPS[group]])
     worst = 1.0
     for c in range(len(vms)):

@@ -9,6 +9,7 @@ import torch
 from perchead.data.format import SEG
 from perchead.edit.fidelity import (
     CLASS_GROUPS,
+    NUM_CLASSES,
     class_area,
     controlled_edits,
     gaussian_labels,
@@ -16,6 +17,7 @@ from perchead.edit.fidelity import (
     render_labels,
 )
 from perchead.edit.fit import MapFitConfig, colour_target, fit_to_map, scale_K
+from perchead.edit.map_eval import edited_columns, side_alpha_ratios
 from perchead.edit.segmentation import validate_segmentation
 from perchead.geometry import Gaussians
 from perchead.geometry.gaussians import rgb_to_sh_dc
@@ -94,6 +96,12 @@ def test_unseen_gaussians_take_the_class_under_their_centre():
     assert torch.all(back.max(-1).values == 1.0)  # one-hot: the pixel under the centre
     right = hidden.means[:, 0] > 0.01
     assert torch.all(back[right].argmax(-1) == SEG["hair"])
+    # A map from behind that draws everything it sees as neck: the hidden plane's Gaussians take that class.
+    back_vm = Pose(180.0, 0.0).viewmat
+    back_map = torch.where(render_labels(both, torch.ones(len(both), 1), back_vm, K, S, backend="cpu")[1] > 0.5,
+                           SEG["neck"], SEG["background"])
+    labels = gaussian_labels(both, seg, vm, K, backend="cpu", more_views=[(back_map, back_vm, K)])
+    assert torch.all(labels[len(g):].argmax(-1) == SEG["neck"])
 
 
 def test_controlled_edits_keep_class_ids_valid_and_do_what_they_say():
@@ -177,3 +185,31 @@ def test_map_fit_zero_steps_and_depth_lock():
 def test_scale_K_keeps_the_field_of_view():
     K = camera_K(64)
     assert torch.allclose(scale_K(K, 0.5), camera_K(32), atol=1e-4)
+
+
+def test_side_holes_leave_out_the_prism_of_a_repainted_region():
+    """A ball of Gaussians whose top half, seen from the front, is painted out: the Gaussians in that prism
+    go, which is what the edit asks for. Seen from the sides that is a large loss of alpha if only the edited
+    group's label marks the edited region (all the ball is skin here), and none once the prism is left out."""
+    gen = torch.Generator().manual_seed(0)
+    d = torch.randn(3000, 3, generator=gen)
+    means = 0.08 * d / d.norm(dim=-1, keepdim=True) * torch.rand(3000, 1, generator=gen) ** (1 / 3)
+    n = len(means)
+    ball = Gaussians(means, torch.full((n, 3), math.log(0.012)), torch.tensor([1.0, 0, 0, 0]).expand(n, 4).clone(),
+                     torch.full((n,), 2.0), rgb_to_sh_dc(torch.full((n, 3), 0.5)).unsqueeze(-2))
+    labels = torch.zeros(n, NUM_CLASSES)
+    labels[:, SEG["skin"]] = 1
+    vm, K = camera()
+    seg = torch.where(render_labels(ball, labels, vm, K, S, backend="cpu")[1] > 0.5, SEG["skin"], 0)
+    y0, y1, _, _ = covered_box(ball)
+    edited_map = seg.clone()
+    cut = (y0 + y1) // 2
+    edited_map[:cut] = SEG["background"]
+    changed = edited_columns(seg, edited_map, 1)
+    assert changed[:cut].any() and not changed[cut + 2:].any()
+    pix = (means @ vm[:3, :3].T + vm[:3, 3])
+    rows = pix[:, 1] / pix[:, 2] * K[1, 1] + K[1, 2]
+    edited = Gaussians(means, ball.log_scales, ball.quats, torch.where(rows < cut, -20.0, 2.0), ball.sh)
+    r = side_alpha_ratios(edited, ball, labels, "hair", changed, vm, K, S, "cpu")
+    assert r["by_label"] < 0.85  # the prism's loss counted as a hole
+    assert r["by_region"] > 0.95  # and left out

@@ -16,6 +16,7 @@ from perchead.geometry import (
     orbit_viewmats,
     project_points,
     turntable_viewmats,
+    unproject_depth,
     yaw_pitch_grid,
 )
 from perchead.geometry.cameras import fov_from_focal
@@ -101,3 +102,15 @@ def test_sh_degree_one_is_linear_in_direction():
     sh[0, 2, 0] = 1.0  # the z-aligned band, red channel
     plus_z, minus_z = eval_sh(sh, torch.tensor([[0.0, 0, 1]])), eval_sh(sh, torch.tensor([[0.0, 0, -1]]))
     assert plus_z[0, 0] == pytest.approx(0.4886025, rel=1e-6) and minus_z[0, 0] == pytest.approx(-0.4886025, rel=1e-6)
+
+
+def test_unproject_depth_inverts_project_points():
+    """A pixel centre pushed out to its depth and projected back lands on the same pixel centre."""
+    cams = Cameras.orbit([35.0], [-10.0], radius=1.2, size=24)
+    depth = 1.0 + torch.rand(24, 24, dtype=torch.float64)
+    vm, K = cams.viewmats[0].double(), cams.Ks[0].double()
+    pts = unproject_depth(depth, vm, K)
+    pix, z = project_points(pts.reshape(-1, 3), vm[None], K[None])
+    ys, xs = torch.meshgrid(torch.arange(24.0), torch.arange(24.0), indexing="ij")
+    assert torch.allclose(z[0], depth.reshape(-1), atol=1e-9)
+    assert torch.allclose(pix[0], torch.stack([xs, ys], -1).reshape(-1, 2).double() + 0.5, atol=1e-7)

@@ -16,6 +16,7 @@ the painted region.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -64,24 +65,35 @@ def _project_pixels(means: Tensor, viewmat: Tensor, K: Tensor, size: int) -> Ten
     return uv.floor().long().clamp(0, size - 1)
 
 
+def _label_weights(g: Gaussians, seg: Tensor, viewmat: Tensor, K: Tensor, backend: str) -> Tensor:
+    """[N, C] compositing weight of each Gaussian on the pixels of each class of ``seg`` (0 where unseen)."""
+    size = seg.shape[-1]
+    feats = torch.zeros(len(g), NUM_CLASSES, device=g.means.device, requires_grad=True)
+    out, _ = render_features(g, feats, viewmat[None].to(g.means), K[None].to(g.means), size, size, backend=backend)
+    (out[0] * one_hot(seg).to(out)).sum().backward()
+    return feats.grad.clamp_min(0)
+
+
 def gaussian_labels(gaussians: Gaussians, segmentation: Tensor, viewmat: Tensor, K: Tensor,
-                    backend: str = "auto") -> Tensor:
+                    backend: str = "auto", more_views: Sequence[tuple[Tensor, Tensor, Tensor]] = ()) -> Tensor:
     """[N, C] class probabilities of each Gaussian from ``segmentation`` [S, S] seen by (viewmat, K at S px).
 
     A Gaussian the camera sees takes the compositing-weighted mix of the classes of the pixels it draws (the
     weights w_i(p) = alpha_i T_i come from the gradient of one feature render, as
     :func:`perchead.inference.fit.photo_colours` does for colours); one it does not see (behind the face)
     takes the class of the pixel its centre projects to, so the back of the head is hair where the map's
-    head is hair."""
+    head is hair. ``more_views``: further (map, viewmat, K) of the same head (the synthetic data's exact maps
+    of every view); their weights add up with the first map's, so a Gaussian seen from any of them takes the
+    classes it is drawn with there (long hair behind the neck is hair, not the neck the front map puts under
+    its centre)."""
     seg = validate_segmentation(segmentation).to(gaussians.means.device)
     size = seg.shape[-1]
     # callers run the network under inference_mode (the app): the weights need autograd and ordinary copies
     with torch.inference_mode(False), torch.enable_grad():
         g = Gaussians(*(t.detach().clone() for t in gaussians.tensors().values()))
-        feats = torch.zeros(len(g), NUM_CLASSES, device=g.means.device, requires_grad=True)
-        out, _ = render_features(g, feats, viewmat[None], K[None], size, size, backend=backend)
-        (out[0] * one_hot(seg).to(out)).sum().backward()
-    weights = feats.grad.clamp_min(0)
+        weights = _label_weights(g, seg, viewmat, K, backend)
+        for m, vm, k in more_views:
+            weights = weights + _label_weights(g, validate_segmentation(m).to(g.means.device), vm, k, backend)
     total = weights.sum(-1, keepdim=True)
     xy = _project_pixels(g.means, viewmat.to(g.means), K.to(g.means), size)
     fallback = one_hot(seg[xy[:, 1], xy[:, 0]]).to(weights)

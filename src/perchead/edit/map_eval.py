@@ -9,7 +9,11 @@ edited maps. Each method (``network``: the editing network's Gaussians; ``fitted
   the unedited head's Gaussians, kept index by index by the edited head: see :mod:`perchead.edit.fidelity`);
 * for each edit, the change of the rendered area of the edited group against the painted change;
 * holes: from the profiles (yaw +-90) and the back (yaw 180), the edited head's mean alpha over the pixels
-  that the unedited head covers (alpha > 0.5) outside the edited group, relative to the unedited head's.
+  that the unedited head covers (alpha > 0.5) outside the edited region, relative to the unedited head's. The
+  edited region of a side view is what lies in the prism of the repainted pixels (seen from the map's camera)
+  or is drawn with the edited group's label, the labels taken from all the subject's exact maps (so long hair
+  behind the neck, which the front map cannot see, is hair); see :func:`side_alpha_ratios`. Also reported:
+  the measure with the front map's labels only and no prism (``side_alpha_ratio_by_label``).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch
 from torch import Tensor
 
 from perchead.data.format import SEG, SubjectRecord, load_view
-from perchead.geometry import HEAD_CAMERA_RADIUS, Gaussians, orbit_viewmats
+from perchead.geometry import HEAD_CAMERA_RADIUS, Gaussians, orbit_viewmats, project_points, unproject_depth
 from perchead.render import rasterize
 
 from .fidelity import (
@@ -49,6 +53,8 @@ class MapEvalConfig:
     """first N studio subjects of the split measured (each: 1 + 4 edits x (network + fit))"""
     grow_px: int = 20
     shrink_px: int = 6
+    hole_margin_px: int = 2
+    """the repainted pixels are grown by this much before the side views' edited region is taken from them"""
     disentangle_subjects: int = 4
     """first N subjects whose maps and styles are swapped pairwise through the fit (2 fits per ordered pair)"""
     fit: MapFitConfig = field(default_factory=MapFitConfig)
@@ -72,20 +78,44 @@ def map_input(net: EditNetwork, subject: SubjectRecord) -> tuple[Tensor, Tensor,
     return resize_map(lv.segmentation, s), style, view.world_to_cam, scale_K(view.K, s / lv.segmentation.shape[-1])
 
 
-def _holes(edited: Gaussians, unedited: Gaussians, labels: Tensor, group: str, K: Tensor, size: int,
-           backend: str) -> float:
-    """Worst over :data:`SIDE_YAWS` of edited / unedited mean alpha where the unedited head is drawn (alpha >
-    0.5) and is not the edited group."""
+def edited_columns(unedited_map: Tensor, edited_map: Tensor, margin_px: int) -> Tensor:
+    """Pixels [S, S] of the map that the edit repainted, grown by ``margin_px`` (the soft edge of a splat
+    silhouette)."""
+    changed = (unedited_map != edited_map).float()[None, None]
+    if margin_px > 0:
+        changed = torch.nn.functional.max_pool2d(changed, 2 * margin_px + 1, stride=1, padding=margin_px)
+    return changed[0, 0] > 0
+
+
+def side_alpha_ratios(edited: Gaussians, unedited: Gaussians, labels: Tensor, group: str, changed: Tensor, vm: Tensor,
+           K: Tensor, size: int, backend: str) -> dict[str, float]:
+    """Worst over :data:`SIDE_YAWS` of edited / unedited mean alpha over the pixels the unedited head draws
+    (alpha > 0.5) outside the edited region.
+
+    The edited region of a side view, two ways: ``by_label``, the pixels whose rendered label is the edited
+    group; ``by_region`` (the measure), also the pixels whose surface point (the unedited head's expected depth)
+    projects into the repainted pixels ``changed`` of the map's camera ``(vm, K)``. Painting background over a
+    region of the map empties every ray through it, so the head seen from the side loses what lies in that
+    prism whatever its label; ``by_region`` is what a user asked to change, ``by_label`` ignores the prism."""
     vms = orbit_viewmats(list(SIDE_YAWS), [0.0] * len(SIDE_YAWS), HEAD_CAMERA_RADIUS).to(edited.means)
     Ks = K.to(edited.means).expand(len(vms), 3, 3)
     a1 = rasterize(edited, vms, Ks, size, size, backend=backend).alpha[..., 0]
+    depth0 = rasterize(unedited, vms, Ks, size, size, backend=backend).depth[..., 0]
     ids = torch.tensor([SEG[n] for n in CLASS_GROUPS[group]])
-    worst = 1.0
+    changed = changed.to(edited.means.device)
+    worst = {"by_label": 1.0, "by_region": 1.0}
     for c in range(len(vms)):
         lab, a0 = render_labels(unedited, labels, vms[c], Ks[c], size, backend)
-        keep = (a0 > 0.5) & ~torch.isin(lab, ids.to(lab.device))
-        if keep.any():
-            worst = min(worst, float(a1[c][keep].mean() / a0[keep].mean()))
+        drawn = (a0 > 0.5) & ~torch.isin(lab, ids.to(lab.device))
+        pts = unproject_depth(depth0[c], vms[c], Ks[c]).reshape(-1, 3)
+        pix, _ = project_points(pts, vm.to(pts)[None], K.to(pts)[None])
+        u, v = pix[0, :, 0].floor().long(), pix[0, :, 1].floor().long()
+        inside = (u >= 0) & (u < changed.shape[1]) & (v >= 0) & (v < changed.shape[0])
+        in_prism = torch.zeros_like(inside)
+        in_prism[inside] = changed[v[inside], u[inside]]
+        for name, keep in (("by_label", drawn), ("by_region", drawn & ~in_prism.reshape(size, size))):
+            if keep.any():
+                worst[name] = min(worst[name], float(a1[c][keep].mean() / a0[keep].mean()))
     return worst
 
 
@@ -106,6 +136,9 @@ def evaluate_map_fidelity(net: EditNetwork, subjects: Sequence[SubjectRecord], c
         maps = {"unedited": (seg.numpy(), None), **controlled_edits(seg.numpy(), cfg.grow_px, cfg.shrink_px)}
         heads: dict[tuple[str, str], tuple[Gaussians, Tensor]] = {}
         labels = None
+        # labels for the hole check: the unedited head's Gaussians seen in every exact map of the subject
+        all_maps = [(lv.segmentation, v.world_to_cam, v.K) for v in subject.views for lv in (load_view(v),)]
+        labels_3d: dict[str, Tensor] = {}
         for name, (m, group) in maps.items():
             mt = torch.from_numpy(np.asarray(m)).long()
             g = net.generate(mt[None], style)[0]
@@ -130,7 +163,13 @@ def evaluate_map_fidelity(net: EditNetwork, subjects: Sequence[SubjectRecord], c
                     row["rendered_change"] = row[f"area_{group}"] - base[f"area_{group}"]
                     row["rendered_area_before"] = base[f"area_{group}"]
                     g0, l0 = heads["unedited", method]
-                    row["side_alpha_ratio"] = _holes(gm, g0, l0, group, K, size, backend)
+                    if method not in labels_3d:
+                        labels_3d[method] = gaussian_labels(g0, seg, vm, K, backend, all_maps)
+                    changed = edited_columns(seg, mt, cfg.hole_margin_px)
+                    row["side_alpha_ratio"] = side_alpha_ratios(gm, g0, labels_3d[method], group, changed, vm, K,
+                                                                size, backend)["by_region"]
+                    row["side_alpha_ratio_by_label"] = side_alpha_ratios(gm, g0, l0, group, changed, vm, K, size,
+                                                                         backend)["by_label"]
                 if method == "fitted":
                     row["fit_seconds"] = round(fitted.seconds, 2)
                 rows.append(row)
@@ -214,6 +253,7 @@ def summarise_fidelity(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             # per subject: how much of the painted change the render follows (removal: of the area before)
             s["followed"] = _mean([r["rendered_change"] / r["painted_change"] for r in sel if r["painted_change"]])
             s["side_alpha_ratio_min"] = min(r["side_alpha_ratio"] for r in sel)
+            s["side_alpha_ratio_by_label_min"] = min(r["side_alpha_ratio_by_label"] for r in sel)
         if key[1] == "fitted":
             s["fit_seconds"] = _mean([r.get("fit_seconds") for r in sel])
         out.append(s)
@@ -231,15 +271,16 @@ def format_fidelity(result: dict[str, Any]) -> list[str]:
     for s in result["summary"]:
         lines.append(f"| {s['map']} | {s['method']} | {f(s['silhouette_iou'])} | "
                      + " | ".join(f(s[f'iou_{g}']) for g in groups) + " |")
-    lines += ["", "| edit | method | painted change (px) | rendered change (px) | followed | worst side alpha ratio |",
-              "|---|---|---:|---:|---:|---:|"]
+    lines += ["", "| edit | method | painted change (px) | rendered change (px) | followed | worst side alpha ratio "
+                  "| (front map labels, no prism) |",
+              "|---|---|---:|---:|---:|---:|---:|"]
     for s in result["summary"]:
         if "group" in s:
             lines.append(f"| {s['map']} ({s['group']}) | {s['method']} | {f(s['painted_change'], 0)} | "
-                         f"{f(s['rendered_change'], 0)} | {f(s['followed'], 2)} | {f(s['side_alpha_ratio_min'])} |")
+                         f"{f(s['rendered_change'], 0)} | {f(s['followed'], 2)} | {f(s['side_alpha_ratio_min'])} | "
+                         f"{f(s['side_alpha_ratio_by_label_min'])} |")
     return lines
 
 
-__all__ = ["MapEvalConfig", "SIDE_YAWS", "evaluate_map_fidelity", "fitted_disentanglement", "format_fidelity",
-           "frontal_view",
-           "summarise_fidelity"]
+__all__ = ["MapEvalConfig", "SIDE_YAWS", "edited_columns", "evaluate_map_fidelity", "fitted_disentanglement",
+           "format_fidelity", "frontal_view", "side_alpha_ratios", "summarise_fidelity"]

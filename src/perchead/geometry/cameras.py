@@ -140,6 +140,19 @@ def project_points(points: Tensor, viewmats: Tensor, Ks: Tensor) -> tuple[Tensor
     return pix, z
 
 
+def unproject_depth(depth: Tensor, viewmat: Tensor, K: Tensor) -> Tensor:
+    """World points [H, W, 3] of the pixel centres of one camera at camera-space ``depth`` [H, W] (the inverse
+    of :func:`project_points`; pixel centres at +0.5, as the rasterizers sample them)."""
+    h, w = depth.shape
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=depth.dtype, device=depth.device) + 0.5,
+                            torch.arange(w, dtype=depth.dtype, device=depth.device) + 0.5, indexing="ij")
+    x = (xs - K[0, 2]) / K[0, 0] * depth
+    y = (ys - K[1, 2]) / K[1, 1] * depth
+    cam = torch.stack([x, y, depth], -1)
+    rot, trans = viewmat[:3, :3], viewmat[:3, 3]
+    return (cam - trans) @ rot
+
+
 @dataclass
 class Cameras:
     """A batch of C pinhole cameras sharing one image size."""

@@ -159,16 +159,26 @@ def _backward(means2d, conics, feats, opac, offsets, ids, width, height, tile_si
 class _TileBins:
     """The binning of one camera: shared by the forward and the backward pass."""
 
-    def __init__(self, proj: Projected, width: int, height: int, tile_size: int, dtype: np.dtype):
+    def __init__(self, proj: Projected, opacities: Tensor, width: int, height: int, tile_size: int,
+                 dtype: np.dtype):
         self.width, self.height, self.tile_size = width, height, tile_size
         self.tiles_x = (width + tile_size - 1) // tile_size
         self.tiles_y = (height + tile_size - 1) // tile_size
-        valid = proj.valid.detach().cpu().numpy()
+        # A pixel counts iff opacity * exp(-sigma) >= ALPHA_MIN and sigma <= SIGMA_CUTOFF, i.e. sigma <=
+        # min(SIGMA_CUTOFF, ln(opacity / ALPHA_MIN)): a faint Gaussian reaches less far than 3 sigma (gsplat's
+        # opacity-aware radius), and one below ALPHA_MIN nowhere. Binning to that smaller box skips only
+        # pixels the kernels would skip anyway, so images and gradients are unchanged; fitted heads, whose
+        # densified children are faint, render faster.
+        opac = opacities.detach().cpu().double().numpy()
+        reach = np.minimum(SIGMA_CUTOFF, np.log(np.maximum(opac, 1e-30) / ALPHA_MIN))
+        valid = proj.valid.detach().cpu().numpy() & (reach >= 0.0)
         depths = proj.depths.detach().cpu().numpy()
         idx = np.flatnonzero(valid)
         order = idx[np.argsort(depths[idx], kind="stable")].astype(np.int64)
         means2d = np.ascontiguousarray(proj.means2d.detach().cpu().numpy(), dtype=dtype)
-        extents = np.ascontiguousarray(proj.extents.detach().cpu().numpy(), dtype=dtype)
+        # (1 + 1e-4): float rounding of the ratio must not cut a rim pixel; the box keeps its 1-px margin too
+        shrink = np.sqrt(np.clip(reach, 0.0, None) / SIGMA_CUTOFF) * (1.0 + 1e-4)
+        extents = np.ascontiguousarray(proj.extents.detach().cpu().double().numpy() * shrink[:, None], dtype=dtype)
         self.offsets, self.ids = _bin_tiles(means2d, extents, order, tile_size, self.tiles_x, self.tiles_y)
 
 
@@ -209,5 +219,5 @@ def composite_cpu(proj: Projected, features: Tensor, opacities: Tensor, width: i
                   tile_size: int = 8) -> tuple[Tensor, Tensor]:
     """Same contract as :func:`perchead.render.reference.composite_reference`, fast."""
     dtype = np.float64 if proj.means2d.dtype == torch.float64 else np.float32
-    bins = _TileBins(proj, width, height, tile_size, dtype)
+    bins = _TileBins(proj, opacities, width, height, tile_size, dtype)
     return _CompositeCPU.apply(proj.means2d, proj.conics, features, opacities, bins)

@@ -145,6 +145,15 @@ def test_fitted_method_renders_the_fit_not_the_prediction(setup):
     assert method.names == ("a_fitted",) and "3 steps" in method.description
 
 
+def test_fit_settings_of_the_eval_are_checked():
+    from perchead.eval.harness import EvalConfig
+
+    with pytest.raises(ValueError, match="fit_size"):
+        EvalConfig(fit_size=8)
+    with pytest.raises(ValueError, match="fit_steps"):
+        EvalConfig(fit_steps=-1)
+
+
 @pytest.mark.slow
 def test_fitted_method_scores_the_fit_of_each_template_checkpoint(setup, tmp_path):
     """``--fit-steps N`` adds NAME_fitted (perchead reconstruct's fit of the prediction to the input view) on
@@ -153,11 +162,13 @@ def test_fitted_method_scores_the_fit_of_each_template_checkpoint(setup, tmp_pat
     data, template, _, _ = setup
     out = tmp_path / "fit"
     code = main(["eval", "--checkpoint", str(template), "--data", str(data), "--out", str(out), "--split", "train",
-                 "--metrics", "psnr", "--figure-subjects", "0", "--max-subjects", "1", "--fit-steps", "2"])
+                 "--metrics", "psnr", "--figure-subjects", "0", "--max-subjects", "1", "--fit-steps", "2",
+                 "--fit-size", "48"])
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["info"]["methods"]) == ["run_a", "run_a_fitted", "template_mean_colour"]
     assert "fitted to the input view: 2 steps" in summary["info"]["methods"]["run_a_fitted"]
+    assert "48 px" in summary["info"]["methods"]["run_a_fitted"]
     groups = {(s["method"], s["group"]): s for s in summary["summary"]}
     for group in ("novel", "extreme", "extreme_back", "opposite_profile"):
         fitted, plain = groups[("run_a_fitted", group)], groups[("run_a", group)]

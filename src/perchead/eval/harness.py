@@ -67,6 +67,8 @@ class EvalConfig:
     fit_steps: int = 0
     """> 0: also every checkpoint fitted to the input view as `perchead reconstruct` fits it (its FitConfig
     with this many steps, the input camera estimated from the input image): methods NAME_fitted"""
+    fit_size: int | None = None
+    """side (pixels) of the fitted input view (None: FitConfig's default, what `perchead reconstruct` uses)"""
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
 
     def __post_init__(self) -> None:
@@ -80,6 +82,8 @@ class EvalConfig:
             raise ValueError(f"max_subjects must be >= 1, got {self.max_subjects}")
         if self.fit_steps < 0:
             raise ValueError(f"fit_steps must be >= 0, got {self.fit_steps}")
+        if self.fit_size is not None and self.fit_size < 16:
+            raise ValueError(f"fit_size must be at least 16 pixels, got {self.fit_size}")
         self.subjects = tuple(self.subjects)
 
 

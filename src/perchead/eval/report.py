@@ -577,7 +577,8 @@ def run_eval(checkpoints: dict[str, str], data: Path, out: Path, config: EvalCon
         sharpened = shp == "both" or (shp == "auto" and not shp_is_identity(model))
         methods.append(ModelMethod(name, model, sharpened, source=checkpoints[name]))
         if config.fit_steps > 0:
-            methods.append(FittedMethod(name, model, FitConfig(steps=config.fit_steps), source=checkpoints[name]))
+            fit = FitConfig(steps=config.fit_steps, **({} if config.fit_size is None else {"size": config.fit_size}))
+            methods.append(FittedMethod(name, model, fit, source=checkpoints[name]))
     methods.append(MeanColourTemplate(first.template, first.config.image_size, config.baseline_opacity,
                                       config.baseline_scale))
     method_names = [n for m in methods for n in m.names]

@@ -52,8 +52,9 @@ class FitConfig:
 
     steps: int = 60
     """optimisation steps (0: no fitting, the network's Gaussians as they are)"""
-    size: int = 192
-    """side of the renders the fit compares with the photo, pixels"""
+    size: int = 224
+    """side of the renders the fit compares with the photo, pixels (224: the package-shipped portraits reach
+    22 dB masked PSNR from the input camera, 192 falls short on one of them; benchmarks/bench_likeness.py)"""
     num_gaussians: int = 65536
     """Gaussians after densification (a multiple of the prediction's count; 0 or the prediction's: none)"""
     lr: float = 1.0

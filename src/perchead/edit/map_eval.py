@@ -87,8 +87,8 @@ def edited_columns(unedited_map: Tensor, edited_map: Tensor, margin_px: int) -> 
     return changed[0, 0] > 0
 
 
-def side_alpha_ratios(edited: Gaussians, unedited: Gaussians, labels: Tensor, group: str, changed: Tensor, vm: Tensor,
-           K: Tensor, size: int, backend: str) -> dict[str, float]:
+def side_alpha_ratios(edited: Gaussians, unedited: Gaussians, labels: Tensor, group: str, changed: Tensor,
+                      vm: Tensor, K: Tensor, size: int, backend: str) -> dict[str, float]:
     """Worst over :data:`SIDE_YAWS` of edited / unedited mean alpha over the pixels the unedited head draws
     (alpha > 0.5) outside the edited region.
 

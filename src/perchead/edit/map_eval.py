@@ -88,15 +88,17 @@ def edited_columns(unedited_map: Tensor, edited_map: Tensor, margin_px: int) -> 
 
 
 def side_alpha_ratios(edited: Gaussians, unedited: Gaussians, labels: Tensor, group: str, changed: Tensor,
-                      vm: Tensor, K: Tensor, size: int, backend: str) -> dict[str, float]:
+                      vm: Tensor, K: Tensor, size: int, backend: str,
+                      front_labels: Tensor | None = None) -> dict[str, float]:
     """Worst over :data:`SIDE_YAWS` of edited / unedited mean alpha over the pixels the unedited head draws
     (alpha > 0.5) outside the edited region.
 
-    The edited region of a side view, two ways: ``by_label``, the pixels whose rendered label is the edited
-    group; ``by_region`` (the measure), also the pixels whose surface point (the unedited head's expected depth)
-    projects into the repainted pixels ``changed`` of the map's camera ``(vm, K)``. Painting background over a
-    region of the map empties every ray through it, so the head seen from the side loses what lies in that
-    prism whatever its label; ``by_region`` is what a user asked to change, ``by_label`` ignores the prism."""
+    The edited region of a side view, two ways: ``by_region`` (the measure), the pixels whose rendered label
+    (from ``labels``) is the edited group or whose surface point (the unedited head's expected depth) projects
+    into the repainted pixels ``changed`` of the map's camera ``(vm, K)``; ``by_label``, only the pixels whose
+    label from ``front_labels`` (default ``labels``) is the edited group. Painting background over a region of
+    the map empties every ray through it, so the head seen from the side loses what lies in that prism
+    whatever its label; ``by_region`` is what a user asked to change, ``by_label`` ignores the prism."""
     vms = orbit_viewmats(list(SIDE_YAWS), [0.0] * len(SIDE_YAWS), HEAD_CAMERA_RADIUS).to(edited.means)
     Ks = K.to(edited.means).expand(len(vms), 3, 3)
     a1 = rasterize(edited, vms, Ks, size, size, backend=backend).alpha[..., 0]
@@ -106,14 +108,18 @@ def side_alpha_ratios(edited: Gaussians, unedited: Gaussians, labels: Tensor, gr
     worst = {"by_label": 1.0, "by_region": 1.0}
     for c in range(len(vms)):
         lab, a0 = render_labels(unedited, labels, vms[c], Ks[c], size, backend)
-        drawn = (a0 > 0.5) & ~torch.isin(lab, ids.to(lab.device))
+        front = lab if front_labels is None else render_labels(unedited, front_labels, vms[c], Ks[c], size,
+                                                               backend)[0]
         pts = unproject_depth(depth0[c], vms[c], Ks[c]).reshape(-1, 3)
         pix, _ = project_points(pts, vm.to(pts)[None], K.to(pts)[None])
         u, v = pix[0, :, 0].floor().long(), pix[0, :, 1].floor().long()
         inside = (u >= 0) & (u < changed.shape[1]) & (v >= 0) & (v < changed.shape[0])
         in_prism = torch.zeros_like(inside)
         in_prism[inside] = changed[v[inside], u[inside]]
-        for name, keep in (("by_label", drawn), ("by_region", drawn & ~in_prism.reshape(size, size))):
+        drawn = a0 > 0.5
+        keeps = {"by_label": drawn & ~torch.isin(front, ids.to(front.device)),
+                 "by_region": drawn & ~torch.isin(lab, ids.to(lab.device)) & ~in_prism.reshape(size, size)}
+        for name, keep in keeps.items():
             if keep.any():
                 worst[name] = min(worst[name], float(a1[c][keep].mean() / a0[keep].mean()))
     return worst
@@ -166,10 +172,10 @@ def evaluate_map_fidelity(net: EditNetwork, subjects: Sequence[SubjectRecord], c
                     if method not in labels_3d:
                         labels_3d[method] = gaussian_labels(g0, seg, vm, K, backend, all_maps)
                     changed = edited_columns(seg, mt, cfg.hole_margin_px)
-                    row["side_alpha_ratio"] = side_alpha_ratios(gm, g0, labels_3d[method], group, changed, vm, K,
-                                                                size, backend)["by_region"]
-                    row["side_alpha_ratio_by_label"] = side_alpha_ratios(gm, g0, l0, group, changed, vm, K, size,
-                                                                         backend)["by_label"]
+                    holes = side_alpha_ratios(gm, g0, labels_3d[method], group, changed, vm, K, size, backend,
+                                              front_labels=l0)
+                    row["side_alpha_ratio"] = holes["by_region"]
+                    row["side_alpha_ratio_by_label"] = holes["by_label"]
                 if method == "fitted":
                     row["fit_seconds"] = round(fitted.seconds, 2)
                 rows.append(row)

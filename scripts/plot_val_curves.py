@@ -12,12 +12,9 @@ little there.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+from perchead.train.trainer import STEP_LOG, read_step_log
 
 
 def last_quarter_change(points: list[tuple[int, float]]) -> float:
@@ -41,8 +38,8 @@ def main() -> None:
 
     fig, (ax_val, ax_train) = plt.subplots(1, 2, figsize=(11, 4))
     for run in args.runs:
-        val = [(r["step"], r["loss"]) for r in read_jsonl(run / "val" / "val.jsonl")]
-        steps = [r for r in read_jsonl(run / "steps.jsonl") if not r.get("skipped")]
+        val = [(r["step"], r["loss"]) for r in read_step_log(run / "val" / "val.jsonl")]
+        steps = [r for r in read_step_log(run / STEP_LOG) if not r.get("skipped")]
         if not val or not steps:
             raise SystemExit(f"{run}: no validation or step records")
         ax_val.plot(*zip(*val, strict=True), marker="o", ms=3, label=run.name)

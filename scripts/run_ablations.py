@@ -23,7 +23,8 @@ Runs are shared between studies (``<work>/runs/<name>``; the PercHead run is the
 loss study's "pixel"). Everything is resumable: training uses ``--resume auto`` (a finished run is not
 retrained) and an evaluation is redone only when its checkpoints changed. Every command is printed (and
 appended to ``<work>/ablations.log`` with its output) before it runs. Each study ends with a markdown table
-(printed and written to ``<work>/<study>/table.md``) and the figures of ``perchead eval`` in
+and the subject-by-subject differences between its variants (printed and written to
+``<work>/<study>/table.md``) and the figures of ``perchead eval`` in
 ``<work>/<study>/eval/``. Wall times of every command go to ``<work>/times.json``.
 
 Train one run at a time on a shared machine: set ``OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1`` if other jobs
@@ -189,6 +190,37 @@ def study_table(study: str, rows: list[tuple[str, str]], result: dict, notes: di
     return "\n".join(lines)
 
 
+def paired_table(rows: list[tuple[str, str]], subjects_csv: Path, notes: dict[str, str]) -> str:
+    """Subject-by-subject differences between the study's variants (perchead eval's ``subjects.csv``): for each
+    variant minus each one listed before it and each views group, the mean PSNR (dB) and SSIM difference over
+    the subjects both were scored on, and on how many of them the later variant's PSNR is higher."""
+    import csv
+
+    from perchead.eval.protocol import GROUPS
+
+    scores: dict[tuple[str, str, str], tuple[float, float]] = {}
+    with open(subjects_csv, newline="") as fh:
+        for r in csv.DictReader(fh):
+            scores[r["method"], r["group"], r["subject"]] = (float(r["psnr"]), float(r["ssim"]))
+    groups = [g for g in GROUPS if any(k[1] == g for k in scores)]
+    ran = [(label, method) for label, method in rows if method not in notes]
+    lines = ["| comparison | " + " | ".join(groups) + " |", "|---|" + "---|" * len(groups)]
+    for j, (label_j, method_j) in enumerate(ran):
+        for label_i, method_i in ran[:j]:
+            cells = []
+            for g in groups:
+                both = [k[2] for k in scores if k[:2] == (method_j, g) and (method_i, g, k[2]) in scores]
+                if not both:
+                    cells.append("")
+                    continue
+                dp = [scores[method_j, g, s][0] - scores[method_i, g, s][0] for s in both]
+                ds = [scores[method_j, g, s][1] - scores[method_i, g, s][1] for s in both]
+                cells.append(f"{sum(dp) / len(dp):+.2f} dB ({sum(d > 0 for d in dp)}/{len(dp)} higher), "
+                             f"SSIM {sum(ds) / len(ds):+.3f}")
+            lines.append(f"| {label_j} − {label_i} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _short(path: Path) -> Path:
     """Absolute path (symlinks kept as named), relative to the repository when inside it."""
     path = Path(os.path.abspath(path))
@@ -242,6 +274,7 @@ def main() -> None:
     if args.study == "baseline":
         rows = rows + [("mean-colour template", "template_mean_colour")]
     table = study_table(args.study, rows, result, notes)
+    table += "\n\nSubject by subject:\n\n" + paired_table(rows, work / args.study / "eval" / "subjects.csv", notes)
     path = work / args.study / "table.md"
     path.write_text(f"<!-- python scripts/run_ablations.py {args.study} --data {args.data} --work {args.work} "
                     f"--steps {args.steps} -->\n\n{table}\n")

@@ -12,7 +12,9 @@ when the map changes (docs/editing.md). As :mod:`perchead.inference.fit` fits a 
   nothing was drawn (a grown region, ears painted over with hair), white outside the head;
 * **the rest of the head stays the network's**: every Gaussian's step is scaled by how well the map's camera
   sees it and barely seen ones are pulled back to the prediction (the back, the far side), positions stay in
-  the anchored range, exactly as in the photo fit (:func:`perchead.inference.fit.optimise`).
+  the anchored range, exactly as in the photo fit (:func:`perchead.inference.fit.optimise`);
+* **and stays a solid head from the side** (:func:`side_coverage`): seen from the profiles and the back, where
+  the network draws the head and the map does not paint it out, the fitted alpha is pulled up to 1.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 from torch import Tensor
 
 from perchead.data.format import SEG
-from perchead.geometry import Gaussians
+from perchead.geometry import HEAD_CAMERA_RADIUS, Gaussians, orbit_viewmats, project_points, unproject_depth
 from perchead.inference.fit import (
     FitConfig,
     FitParams,
@@ -37,10 +39,13 @@ from perchead.inference.fit import (
     photo_colours,
     view_loss,
 )
-from perchead.render import render_features
+from perchead.render import rasterize, render_features
 
 from .fidelity import NUM_CLASSES, one_hot, resize_map
 from .segmentation import PALETTE
+
+SIDE_YAWS = (90.0, -90.0, 180.0)
+"""yaws (degrees, the head's frame) of the side views: the profiles and the back"""
 
 
 @dataclass
@@ -67,6 +72,16 @@ class MapFitConfig(FitConfig):
     and depth moves show as streaks from the side"""
     scale_prior_weight: float = 1.0
     """pull of every Gaussian's log-scales back to the prediction's"""
+    side_weight: float = 4.0
+    """weight of the side views' coverage: seen from :attr:`side_yaws`, the fitted head is solid (alpha 1)
+    where the network's head is drawn (alpha > 0.5) and never below the network's elsewhere, except where the
+    map says the head must go (the surface seen from the side lies on a ray through the map's background).
+    One view fits the front only; without this, painting hair out left see-through necks from the side
+    (docs/editing.md). Costs a render of the side views per step (about doubles the fit's time)"""
+    side_yaws: tuple[float, ...] = SIDE_YAWS
+    """yaws of the side views (the hole check of ``perchead eval-edit`` uses :data:`SIDE_YAWS` too)"""
+    side_size: int = 64
+    """side of the side views' renders (coverage needs no detail, and each costs a render per step)"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -74,6 +89,10 @@ class MapFitConfig(FitConfig):
             raise ValueError(f"label_weight must be >= 0, got {self.label_weight}")
         if not self.colour_tolerance >= 0:
             raise ValueError(f"colour_tolerance must be >= 0, got {self.colour_tolerance}")
+        if not (math.isfinite(self.side_weight) and self.side_weight >= 0):
+            raise ValueError(f"side_weight must be >= 0, got {self.side_weight}")
+        if self.side_size <= 0:
+            raise ValueError(f"side_size must be positive, got {self.side_size}")
 
 
 @dataclass
@@ -128,6 +147,37 @@ def colour_target(rgb: Tensor, alpha: Tensor, label_render: Tensor, seg: Tensor,
     return torch.where(fg, torch.where(keep, rgb, painted), torch.ones_like(rgb))
 
 
+def side_coverage(g: Gaussians, seg: Tensor, vm: Tensor, K: Tensor, yaws: tuple[float, ...], size: int,
+                  backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The side views of the coverage term: their cameras (viewmats [V, 4, 4], Ks [V, 3, 3] at ``size`` px,
+    the map camera's field of view), ``g``'s alpha there [V, size, size], the pixels [V, size, size] whose
+    surface point (``g``'s expected depth) projects, through the map's camera ``(vm, K)``, onto the map's
+    foreground (drawn pixels the map does not ask the head to leave), and each Gaussian's compositing weight
+    [N] summed over those pixels (read off a feature gradient, as :func:`perchead.inference.fit.photo_colours`
+    does)."""
+    vms = orbit_viewmats(list(yaws), [0.0] * len(yaws), HEAD_CAMERA_RADIUS).to(g.means)
+    Ks = scale_K(K.to(g.means), size / seg.shape[-1]).expand(len(vms), 3, 3)
+    g = g.detach()
+    with torch.no_grad():
+        out = rasterize(g, vms, Ks, size, size, backend=backend)
+    fg = seg != SEG["background"]
+    keep = []
+    for c in range(len(vms)):
+        pts = unproject_depth(out.depth[c, ..., 0], vms[c], Ks[c]).reshape(-1, 3)
+        pix, _ = project_points(pts, vm.to(pts)[None], K.to(pts)[None])
+        u, v = pix[0, :, 0].floor().long(), pix[0, :, 1].floor().long()
+        inside = (u >= 0) & (u < fg.shape[1]) & (v >= 0) & (v < fg.shape[0])
+        on_fg = torch.zeros_like(inside)
+        on_fg[inside] = fg[v[inside], u[inside]]
+        keep.append(on_fg.reshape(size, size))
+    keep_t = torch.stack(keep) & (out.alpha[..., 0] > 0.01)  # an empty pixel has no surface point
+    with torch.enable_grad():
+        ones = torch.ones(len(g), 1, device=g.means.device, requires_grad=True)
+        feats, _ = render_features(g, ones, vms, Ks, size, size, backend=backend)
+        (feats[..., 0] * keep_t).sum().backward()
+    return vms, Ks, out.alpha[..., 0], keep_t, ones.grad[:, 0]
+
+
 def fit_to_map(gaussians: Gaussians, labels: Tensor, segmentation: Tensor, viewmat: Tensor, K: Tensor,
                config: MapFitConfig | None = None, anchors: Tensor | None = None, s_max: float | None = None,
                backend: str = "auto", progress: FitProgress | None = None) -> MapFitResult:
@@ -169,10 +219,24 @@ def _fit(gaussians: Gaussians, labels: Tensor, segmentation: Tensor, viewmat: Te
     colour, weight = photo_colours(dense, vm, target, fg, backend)
     dense = paint(dense, colour, weight, cfg.prior_visibility)
     trust = (weight / (weight + cfg.prior_visibility)).sqrt()
+    step_trust = trust
+    if cfg.side_weight > 0 and cfg.side_yaws:
+        side_vms, side_Ks, side_alpha0, side_keep, side_w = side_coverage(dense, seg, vm, Ks, cfg.side_yaws,
+                                                                          cfg.side_size, backend)
+        side_keep = side_keep.float()
+        # A head is solid: where the network draws it, the side views' alpha is pulled up to 1, never down
+        # (its neck is a sparse grid of Gaussians that the hair behind it hides, until the hair is painted out).
+        side_alpha0 = torch.where(side_alpha0 > 0.5, torch.ones_like(side_alpha0), side_alpha0)
+        # A Gaussian the side views see well may grow, turn and gain opacity for them (``side_w`` in pixels of
+        # the fitted size, as ``weight``), and the prior's pull weakens as for a Gaussian the map's camera sees;
+        # but it moves only as the map's camera sees it: one view says nothing about where the far side lies
+        # (with positions free too, a style swap moved the fitted Gaussians 30% more).
+        side_w = side_w * (size / cfg.side_size) ** 2
+        step_trust = torch.maximum(trust, (side_w / (side_w + cfg.prior_visibility)).sqrt())
 
     params = FitParams(dense, None if anchors is None else anchors.to(device)[parents], s_max)
     prior = Prior.of(params, dense, s_max)
-    unseen = 1.0 - trust
+    unseen = 1.0 - step_trust
     prior_scales = dense.log_scales.detach()
 
     def total_loss() -> tuple[Tensor, Tensor]:
@@ -182,6 +246,10 @@ def _fit(gaussians: Gaussians, labels: Tensor, segmentation: Tensor, viewmat: Te
         loss = view_loss(rgb[None], alpha[None], target[None], fg[None], cfg) + cfg.label_weight * label_l1
         if cfg.scale_prior_weight > 0:
             loss = loss + cfg.scale_prior_weight * (g.log_scales - prior_scales).square().sum(-1).mean()
+        if cfg.side_weight > 0 and cfg.side_yaws:
+            side_alpha = rasterize(g, side_vms, side_Ks, cfg.side_size, cfg.side_size, backend=backend).alpha[..., 0]
+            lost = (side_alpha0 - side_alpha).clamp_min(0) * side_keep
+            loss = loss + cfg.side_weight * lost.mean()
         return loss + cfg.prior_weight * prior.loss(g, unseen), label_l1
 
     after_step = None
@@ -194,8 +262,9 @@ def _fit(gaussians: Gaussians, labels: Tensor, segmentation: Tensor, viewmat: Te
             d = params.means() - start_means
             params.set_means(start_means + d - (d * ray).sum(-1, keepdim=True) * ray)
 
-    fitted, losses, l1s = optimise(params, trust, total_loss, cfg, anchors is not None, progress, after_step)
+    fitted, losses, l1s = optimise(params, step_trust, total_loss, cfg, anchors is not None, progress, after_step,
+                                   position_trust=trust)
     return MapFitResult(fitted, lab, cfg.steps, losses, l1s, time.perf_counter() - start)
 
 
-__all__ = ["MapFitConfig", "MapFitResult", "colour_target", "fit_to_map", "scale_K"]
+__all__ = ["SIDE_YAWS", "MapFitConfig", "MapFitResult", "colour_target", "fit_to_map", "scale_K", "side_coverage"]

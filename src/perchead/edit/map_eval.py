@@ -12,7 +12,8 @@ edited maps. Each method (``network``: the editing network's Gaussians; ``fitted
   that the unedited head covers (alpha > 0.5) outside the edited region, relative to the unedited head's. The
   edited region of a side view is what lies in the prism of the repainted pixels (seen from the map's camera)
   or is drawn with the edited group's label, the labels taken from all the subject's exact maps (so long hair
-  behind the neck, which the front map cannot see, is hair); see :func:`side_alpha_ratios`. Also reported:
+  behind the neck, which the front map cannot see, is hair); a view where that leaves under 2% of the drawn
+  pixels is not counted; see :func:`side_alpha_ratios`. Also reported:
   the measure with the front map's labels only and no prism (``side_alpha_ratio_by_label``).
 """
 
@@ -40,11 +41,11 @@ from .fidelity import (
     render_labels,
     resize_map,
 )
-from .fit import MapFitConfig, fit_to_map, scale_K
+from .fit import SIDE_YAWS, MapFitConfig, fit_to_map, scale_K
 from .network import EditNetwork
 
-SIDE_YAWS = (90.0, -90.0, 180.0)
-"""yaws (degrees) of the views checked for holes"""
+MIN_SIDE_FRACTION = 0.02
+"""a side view counts in the hole check when this share of its drawn pixels lies outside the edited region"""
 
 
 @dataclass
@@ -89,9 +90,11 @@ def edited_columns(unedited_map: Tensor, edited_map: Tensor, margin_px: int) -> 
 
 def side_alpha_ratios(edited: Gaussians, unedited: Gaussians, labels: Tensor, group: str, changed: Tensor,
                       vm: Tensor, K: Tensor, size: int, backend: str,
-                      front_labels: Tensor | None = None) -> dict[str, float]:
+                      front_labels: Tensor | None = None, min_fraction: float = MIN_SIDE_FRACTION) -> dict[str, float]:
     """Worst over :data:`SIDE_YAWS` of edited / unedited mean alpha over the pixels the unedited head draws
-    (alpha > 0.5) outside the edited region.
+    (alpha > 0.5) outside the edited region. A view counts only where at least ``min_fraction`` of the pixels
+    the unedited head draws there lie outside the edited region (the back of a head whose hair is removed is
+    nearly all edited region: a mean over a handful of pixels at its rim is no measure of holes).
 
     The edited region of a side view, two ways: ``by_region`` (the measure), the pixels whose rendered label
     (from ``labels``) is the edited group or whose surface point (the unedited head's expected depth) projects
@@ -120,7 +123,7 @@ def side_alpha_ratios(edited: Gaussians, unedited: Gaussians, labels: Tensor, gr
         keeps = {"by_label": drawn & ~torch.isin(front, ids.to(front.device)),
                  "by_region": drawn & ~torch.isin(lab, ids.to(lab.device)) & ~in_prism.reshape(size, size)}
         for name, keep in keeps.items():
-            if keep.any():
+            if keep.sum() >= max(1, min_fraction * drawn.sum()):
                 worst[name] = min(worst[name], float(a1[c][keep].mean() / a0[keep].mean()))
     return worst
 

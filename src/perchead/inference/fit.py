@@ -367,11 +367,12 @@ class Prior:
 
 def optimise(params: FitParams, trust: Tensor, total_loss: Callable[[], tuple[Tensor, Tensor]], cfg: FitConfig,
              anchored: bool, progress: FitProgress | None,
-             after_step: Callable[[], None] | None = None) -> tuple[Gaussians, list[float], tuple[float, float]]:
+             after_step: Callable[[], None] | None = None,
+             position_trust: Tensor | None = None) -> tuple[Gaussians, list[float], tuple[float, float]]:
     """``cfg.steps`` Adam steps on ``total_loss() -> (loss, a monitored L1)``, each Gaussian's step scaled by
-    its ``trust`` in [0, 1], then ``after_step()`` (a projection of the parameters, under no_grad). Returns
-    the fitted Gaussians, the loss before every step and after the last, and
-    the monitored L1 before and after. Raises :class:`FitDivergedError` on a NaN/infinite loss or parameter."""
+    its ``trust`` in [0, 1] (its position's by ``position_trust`` when given), then ``after_step()`` (a
+    projection of the parameters, under no_grad). Returns the fitted Gaussians, the loss before every step
+    and after the last, and the monitored L1 before and after. Raises :class:`FitDivergedError` on a NaN/infinite loss or parameter."""
     lr = cfg.lr
     opt = torch.optim.Adam([
         {"params": [params.pos], "lr": lr * cfg.lr_position * (1.0 if anchored else 0.01)},
@@ -400,7 +401,8 @@ def optimise(params: FitParams, trust: Tensor, total_loss: Callable[[], tuple[Te
             # transparent front lets through a 1e-6 gradient would move as fast as a visible one: each
             # Gaussian's step is scaled by how well the input camera (or the mirror) sees it.
             for p, old in zip(params.parameters(), before, strict=True):
-                p.copy_(old + trust.view(-1, *[1] * (p.ndim - 1)) * (p - old))
+                t = position_trust if p is params.pos and position_trust is not None else trust
+                p.copy_(old + t.view(-1, *[1] * (p.ndim - 1)) * (p - old))
             if after_step is not None:
                 after_step()
         if progress is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Union
 
@@ -90,6 +91,23 @@ class LogConfig:
 
 
 @dataclass
+class MapLossConfig:
+    """Edit stage only: terms that make the geometry follow the segmentation maps of the target views
+    (issue 16). Each Gaussian takes its class from the input map (``perchead.edit.fidelity.gaussian_labels``,
+    fixed within the step); rendered into every target view, its labels must draw that view's exact map and
+    its alpha that view's mask. 0 (the default) leaves the stage's image loss alone."""
+
+    label_weight: float = 0.0
+    """weight of the mean per-pixel sum_c |rendered label c - the view's one-hot map c|"""
+    alpha_weight: float = 0.0
+    """weight of the mean |rendered alpha - the view's mask|"""
+
+    @property
+    def active(self) -> bool:
+        return self.label_weight > 0 or self.alpha_weight > 0
+
+
+@dataclass
 class CheckpointConfig:
     every: int = 1000
     """steps between checkpoints (the last step is always saved)"""
@@ -128,6 +146,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    map_loss: MapLossConfig = field(default_factory=MapLossConfig)
 
     def __post_init__(self) -> None:
         problems = []
@@ -141,6 +160,14 @@ class TrainConfig:
             problems.append(f"loss_name {self.loss_name!r} is not one of {', '.join(LOSS_NAMES)}")
         if self.loss_name == "pixel" and self.loss.pixel_weights_problem():
             problems.append(f"loss: {self.loss.pixel_weights_problem()}")
+        ml = self.map_loss
+        if not all(math.isfinite(w) and w >= 0 for w in (ml.label_weight, ml.alpha_weight)):
+            problems.append("map_loss: label_weight and alpha_weight must be finite and >= 0")
+        elif ml.active and self.stage != "edit":
+            problems.append(f"map_loss is used by the edit stage only (this run is stage '{self.stage}')")
+        elif ml.active and not self.data.supervise_input_view:
+            problems.append("map_loss labels the Gaussians from the input view, which needs "
+                            "data.supervise_input_view (view 0 of a batch is the input)")
         if self.data.batch_size < 1:
             problems.append(f"data.batch_size must be >= 1, got {self.data.batch_size}")
         if self.data.target_views < 0:
@@ -204,4 +231,4 @@ def _type_hints(cls: type) -> dict[str, Any]:
 
 
 __all__ = ["DEFAULT_STAGE_LOSS", "STAGES", "CheckpointConfig", "DataConfig", "LogConfig", "ModelConfig",
-           "OptimConfig", "Stage", "TrainConfig"]
+           "MapLossConfig", "OptimConfig", "Stage", "TrainConfig"]

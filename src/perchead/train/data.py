@@ -36,6 +36,7 @@ class Batch:
     Ks: Tensor  # [B, V, 3, 3] for the render size
     valid: Tensor  # [B, V] bool; padding views (single-view subjects in a mixed batch) are False
     input_segmentation: Tensor | None = None  # [B, S, S] class ids of view 0, when every sample has a map
+    target_segmentation: Tensor | None = None  # [B, V, R, R] class ids of the targets, likewise
 
     def to(self, device: torch.device) -> Batch:
         return Batch(**{k: None if v is None else v.to(device, non_blocking=True) for k, v in self.__dict__.items()})
@@ -65,6 +66,11 @@ def _resize(x: Tensor, size: int) -> Tensor:
     if x.shape[-1] == size and x.shape[-2] == size:
         return x
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def _resize_map(seg: Tensor, size: int) -> Tensor:
+    """[V, H, W] class ids -> [V, size, size], nearest (labels are not interpolated)."""
+    return F.interpolate(seg[:, None].float(), size=(size, size), mode="nearest")[:, 0].long()
 
 
 def _scale_K(K: Tensor, sx: float, sy: float) -> Tensor:
@@ -108,12 +114,17 @@ def collate(samples: list[dict], image_size: int, render_size: int, supervise_in
         Ks.append(k)
         viewmats.append(vm)
         valid.append(v)
-    seg = None
+    seg = target_seg = None
     if all("segmentation" in s for s in samples):
-        seg = torch.stack([F.interpolate(s["segmentation"][:1, None].float(), size=(image_size, image_size),
-                                         mode="nearest")[0, 0].long() for s in samples])
+        seg = torch.stack([_resize_map(s["segmentation"][:1], image_size)[0] for s in samples])
+        target_seg = []
+        for s in samples:
+            m = _resize_map(s["segmentation"][first:] if len(s["segmentation"]) > first
+                            else s["segmentation"][:1], render_size)
+            target_seg.append(torch.cat([m, m[:1].expand(n_views - len(m), -1, -1)]))
+        target_seg = torch.stack(target_seg)
     return Batch(torch.stack(inputs), torch.stack(in_masks), torch.stack(targets), torch.stack(t_masks),
-                 torch.stack(viewmats), torch.stack(Ks), torch.stack(valid), seg)
+                 torch.stack(viewmats), torch.stack(Ks), torch.stack(valid), seg, target_seg)
 
 
 __all__ = ["Batch", "PositionDataset", "collate"]

@@ -41,7 +41,7 @@ from perchead.render import rasterize
 
 from . import checkpoint as ckpt
 from . import distributed as D
-from .config import TrainConfig
+from .config import MapLossConfig, TrainConfig
 from .data import PositionDataset, collate
 
 STEP_LOG = "steps.jsonl"
@@ -57,13 +57,14 @@ class TrainStep(nn.Module):
     """
 
     def __init__(self, model: PercHead, stage: str, loss: ImageLoss, backend: str, bf16: bool,
-                 generator: nn.Module | None = None) -> None:
+                 generator: nn.Module | None = None, map_loss: MapLossConfig | None = None) -> None:
         super().__init__()
         self.model = model
         self.stage = stage
         self.loss = loss
         self.backend = backend
         self.bf16 = bf16
+        self.map_loss = map_loss if map_loss is not None and map_loss.active else None
         # The module image -> Gaussians: the PercHead itself, or the editing network of the edit stage.
         self.generator = generator if generator is not None else model
 
@@ -104,8 +105,34 @@ class TrainStep(nn.Module):
             return self.model.sharpen(raw.flatten(0, 1)).unflatten(0, (b, v))
         return self.render(self.gaussians(image, mask, segmentation, camera), viewmats, Ks, size)
 
+    def map_terms(self, g: Gaussians, input_segmentation: Tensor, viewmats: Tensor, Ks: Tensor,
+                  target_masks: Tensor, target_segmentation: Tensor) -> Tensor:
+        """[B, V] the edit stage's map loss (:class:`~perchead.train.config.MapLossConfig`): the Gaussians
+        labelled from the input map (view 0's camera), their labels and alpha rendered in every target view
+        against its exact map and mask."""
+        from perchead.edit.fidelity import gaussian_labels, one_hot
+        from perchead.render import render_features
+
+        cfg, size = self.map_loss, target_segmentation.shape[-1]
+        scale = input_segmentation.shape[-1] / size
+        out = []
+        for b in range(len(viewmats)):
+            gb = g[b]
+            K0 = Ks[b, 0].clone()
+            K0[:2] *= scale  # view 0's camera at the input map's size
+            with torch.no_grad():
+                labels = gaussian_labels(gb.detach(), input_segmentation[b], viewmats[b, 0], K0, self.backend)
+            feats, alpha = render_features(gb, labels, viewmats[b], Ks[b], size, size, backend=self.backend)
+            seg = target_segmentation[b]
+            target = one_hot(seg) * (seg != 0)[..., None]  # the background class is never drawn
+            per_view = cfg.label_weight * (feats - target).abs().sum(-1).mean((1, 2))
+            per_view = per_view + cfg.alpha_weight * (alpha[..., 0] - target_masks[b, :, 0]).abs().mean((1, 2))
+            out.append(per_view)
+        return torch.stack(out)
+
     def forward(self, input_image: Tensor, input_mask: Tensor, viewmats: Tensor, Ks: Tensor, targets: Tensor,
-                valid: Tensor, input_segmentation: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                valid: Tensor, input_segmentation: Tensor | None = None, target_masks: Tensor | None = None,
+                target_segmentation: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         b, v = valid.shape
         # View 0 is the input view (data.supervise_input_view, required for a lifting model).
         camera = batch_input_camera(self.model.config, viewmats, Ks, targets.shape[-1])
@@ -121,6 +148,12 @@ class TrainStep(nn.Module):
                 return nan, torch.full((b, v), float("nan"), device=nan.device), targets.detach()
             pred = self.render(g, viewmats, Ks, targets.shape[-1])
         per_view = self.loss.per_sample(pred.flatten(0, 1), targets.flatten(0, 1)).view(b, v)
+        if self.map_loss is not None and self.stage == "edit":
+            if input_segmentation is None or target_masks is None or target_segmentation is None:
+                raise ValueError("map_loss needs every sample's segmentation maps (a dataset with maps of "
+                                 "every view, e.g. from `perchead synth`)")
+            per_view = per_view + self.map_terms(g, input_segmentation, viewmats, Ks, target_masks,
+                                                 target_segmentation)
         weights = valid.to(per_view.dtype)
         loss = (per_view * weights).sum() / weights.sum().clamp_min(1.0)
         return loss, per_view.detach(), pred.detach()
@@ -368,7 +401,8 @@ class Trainer:
                              "--data.supervise-input-view) and has no editing stage")
         trainable, generator = self._configure_stage(model)
         loss_fn = self._build_loss(model).to(device)
-        step_module = TrainStep(model, cfg.stage, loss_fn, cfg.render_backend, cfg.optim.bf16, generator)
+        step_module = TrainStep(model, cfg.stage, loss_fn, cfg.render_backend, cfg.optim.bf16, generator,
+                                cfg.map_loss)
         step_module.train()
         if cfg.stage == "sharpen":
             model.eval()
@@ -434,7 +468,8 @@ class Trainer:
                 data_s = t0 - t_prev  # waiting for the loader: the share of a step that is input pipeline
                 batch = batch.to(device)
                 loss, per_view, _ = wrapped(batch.input_image, batch.input_mask, batch.viewmats, batch.Ks,
-                                            batch.targets, batch.valid, batch.input_segmentation)
+                                            batch.targets, batch.valid, batch.input_segmentation,
+                                            batch.target_masks, batch.target_segmentation)
                 local_ok = bool(torch.isfinite(loss).item())
                 # Backward runs on every process even for a bad loss, so all take part in the same gradient
                 # all-reduce; the update is then skipped everywhere.

@@ -9,7 +9,7 @@ when the map changes (docs/editing.md). As :mod:`perchead.inference.fit` fits a 
   label render match: hair-labelled Gaussians must spread into hair grown into the background, and fade where
   hair was painted out); and a colour image: the network's own render wherever its colour is within
   ``colour_tolerance`` of the painted class's mean colour, that class's mean colour where it is not or where
-  nothing was drawn (a grown region, ears painted over with hair), white outside the head;
+  nothing was drawn (a grown region, ears painted over with hair), compared inside the map's head only;
 * **the rest of the head stays the network's**: every Gaussian's step is scaled by how well the map's camera
   sees it and barely seen ones are pulled back to the prediction (the back, the far side), positions stay in
   the anchored range, exactly as in the photo fit (:func:`perchead.inference.fit.optimise`);
@@ -242,6 +242,10 @@ def _fit(gaussians: Gaussians, labels: Tensor, segmentation: Tensor, viewmat: Te
     def total_loss() -> tuple[Tensor, Tensor]:
         g = params.gaussians()
         rgb, alpha, label = _render(g, lab, vm, Ks, size, backend)
+        # Colours are fitted inside the map's head only; outside it the alpha term alone makes Gaussians go.
+        # On white, turning a Gaussian white satisfies the colour loss as well as fading it, and where the side
+        # coverage keeps it opaque, it showed as white speckles from the side (a white cap after hair removal).
+        rgb = torch.where(fg > 0, rgb, target)
         label_l1 = (label - label_target).abs().sum(0).mean()
         loss = view_loss(rgb[None], alpha[None], target[None], fg[None], cfg) + cfg.label_weight * label_l1
         if cfg.scale_prior_weight > 0:

@@ -372,7 +372,8 @@ def optimise(params: FitParams, trust: Tensor, total_loss: Callable[[], tuple[Te
     """``cfg.steps`` Adam steps on ``total_loss() -> (loss, a monitored L1)``, each Gaussian's step scaled by
     its ``trust`` in [0, 1] (its position's by ``position_trust`` when given), then ``after_step()`` (a
     projection of the parameters, under no_grad). Returns the fitted Gaussians, the loss before every step
-    and after the last, and the monitored L1 before and after. Raises :class:`FitDivergedError` on a NaN/infinite loss or parameter."""
+    and after the last, and the monitored L1 before and after. Raises :class:`FitDivergedError` on a
+    NaN/infinite loss or parameter."""
     lr = cfg.lr
     opt = torch.optim.Adam([
         {"params": [params.pos], "lr": lr * cfg.lr_position * (1.0 if anchored else 0.01)},

@@ -110,6 +110,7 @@ class TrainStep(nn.Module):
         """[B, V] the edit stage's map loss (:class:`~perchead.train.config.MapLossConfig`): the Gaussians
         labelled from the input map (view 0's camera), their labels and alpha rendered in every target view
         against its exact map and mask."""
+        from perchead.data.format import SEG
         from perchead.edit.fidelity import gaussian_labels, one_hot
         from perchead.render import render_features
 
@@ -124,7 +125,7 @@ class TrainStep(nn.Module):
                 labels = gaussian_labels(gb.detach(), input_segmentation[b], viewmats[b, 0], K0, self.backend)
             feats, alpha = render_features(gb, labels, viewmats[b], Ks[b], size, size, backend=self.backend)
             seg = target_segmentation[b]
-            target = one_hot(seg) * (seg != 0)[..., None]  # the background class is never drawn
+            target = one_hot(seg) * (seg != SEG["background"])[..., None]  # the background is never drawn
             per_view = cfg.label_weight * (feats - target).abs().sum(-1).mean((1, 2))
             per_view = per_view + cfg.alpha_weight * (alpha[..., 0] - target_masks[b, :, 0]).abs().mean((1, 2))
             out.append(per_view)

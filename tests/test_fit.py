@@ -6,12 +6,10 @@ threshold below says what it was measured at.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from safetensors.torch import save_file
 
 from perchead.data.synth import SynthConfig, make_subject, subject_split
 from perchead.eval.metrics import psnr
@@ -27,6 +25,7 @@ from perchead.inference.fit import (
     photo_colours,
 )
 from perchead.inference.pose import Pose, camera_K, estimate_pose, pose_from_render
+from perchead.inference.pose_net import PoseNet, PoseNetConfig, bundled_pose_net, pose_from_net, yaw_error
 from perchead.inference.reconstruct import load_model
 from perchead.render import rasterize
 from perchead.render.project import quat_to_rotmat
@@ -181,31 +180,57 @@ def test_bad_fit_settings_are_refused(bad):
 
 
 # -- the input camera ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("yaw", [0.0, 30.0, -30.0])
-def test_landmark_pose_recovers_the_yaw(yaw, demo):
-    """Face Mesh + PnP on held-out synthetic heads at 512 px. Measured yaw errors on these three subjects at
-    0 / +-30 degrees: 0.4-3.3 (pitch errors up to 6.6); the yaw bound is 5, as the issue asks. At +-60 degrees
-    Face Mesh regresses a less turned face (47-62 measured over five subjects, docs/reconstruct.md), so that
-    case is checked only for a clearly turned camera of the right side, below."""
+@pytest.mark.parametrize("yaw", [0.0, 30.0, -30.0, 60.0, -60.0])
+def test_estimated_pose_recovers_the_yaw(yaw):
+    """Held-out synthetic heads at 512 px, as the issue asks: the yaw within 5 degrees at 0, +-30 and +-60.
+    Up to 30 degrees Face Mesh + PnP answers (measured errors 0.4-3.3, pitch up to 6.6); at 60 the pose net
+    does (Face Mesh regresses a less turned face there, or finds none). The measured errors of each method
+    at every yaw are in docs/reconstruct.md."""
     for index in TEST_SUBJECTS:
         image, mask = synth_view(index, yaw, size=512)
-        pose = estimate_pose(None, image, mask)
-        assert pose.method == "landmarks"
+        pose = estimate_pose(image, mask)
+        assert pose.method == ("landmarks" if abs(yaw) <= 30 else "pose_net"), (index, pose)
         assert abs(pose.yaw_deg - yaw) < 5.0, (index, pose)
         assert abs(pose.pitch_deg) < 10.0, (index, pose)
 
 
-def test_turned_heads_get_a_turned_camera(demo):
-    for yaw in (60.0, -60.0):
-        image, mask = synth_view(TEST_SUBJECTS[0], yaw, size=512)
-        with torch.no_grad():
-            g = demo(F.interpolate(image[None], size=128, mode="bilinear", antialias=True),
-                     F.interpolate(mask[None], size=128, mode="bilinear", antialias=True))[0]
-        pose = estimate_pose(g, image, mask)
-        assert math.copysign(1, pose.yaw_deg) == math.copysign(1, yaw) and abs(pose.yaw_deg) > 35, pose
+@pytest.mark.parametrize("yaw", [90.0, -135.0, 180.0])
+def test_pose_net_reads_profiles_and_backs(yaw):
+    """Where Face Mesh finds no face the pose net answers. The bound (10 degrees) is looser than the
+    issue's 5 at 60 degrees: a back of a head shows little that fixes its yaw."""
+    for index in TEST_SUBJECTS:
+        image, mask = synth_view(index, yaw, size=256)
+        pose = estimate_pose(image, mask)
+        assert pose.method == "pose_net", (index, pose)
+        assert float(yaw_error(pose.yaw_deg, yaw)) < 10.0, (index, pose)
 
 
-def test_render_pose_is_the_fallback_without_a_face(demo, prediction):
+def test_pose_net_is_mirror_symmetric():
+    image, mask = synth_view(TEST_SUBJECTS[1], 50.0, pitch=10.0)
+    net = bundled_pose_net()
+    yaw, pitch = pose_from_net(image, mask, net)
+    yaw_m, pitch_m = pose_from_net(image.flip(-1), mask.flip(-1), net)
+    assert yaw_m == pytest.approx(-yaw, abs=1e-3) and pitch_m == pytest.approx(pitch, abs=1e-3)
+
+
+def test_pose_net_files_are_checked(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train_pose_net.py"):
+        PoseNet.load(tmp_path / "missing.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="truncated or not a safetensors file"):
+        PoseNet.load(bad)
+    other = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(2)}, str(other), metadata={"format": "perchead-model"})
+    with pytest.raises(ValueError, match="perchead-model"):
+        PoseNet.load(other)
+    net = PoseNet(PoseNetConfig(size=32, width=8, hidden=16))
+    again = PoseNet.load(net.save(tmp_path / "tiny.safetensors"))
+    x = torch.rand(2, 4, 32, 32)
+    assert again.config == net.config and torch.equal(again(x), net.eval()(x))
+
+
+def test_render_and_compare_finds_a_known_camera(demo, prediction):
     g, _, _ = prediction
     # The demo's own render from a known camera: render-and-compare must find that camera again.
     vm = orbit_viewmats([40.0], [5.0], HEAD_CAMERA_RADIUS)

@@ -295,7 +295,7 @@ def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anch
     device = gaussians.means.device
     if pose is None:
         with torch.no_grad():
-            pose = estimate_pose(gaussians, image, mask, backend)
+            pose = estimate_pose(image, mask)
     if cfg.steps == 0:
         return FitResult(gaussians, pose, 0, seconds=time.perf_counter() - start)
 

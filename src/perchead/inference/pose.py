@@ -6,14 +6,20 @@ the standard radius and field of view looking at the head centre -- with an unkn
 
 :func:`estimate_pose` finds them in one of two ways:
 
-* ``landmarks`` (used whenever MediaPipe Face Mesh finds the face): its 478 landmarks are matched with a 3D
-  model of where they lie on a head in the canonical frame (``assets/face_landmarks_3d.npy``, built from
-  train-split synthetic heads by ``scripts/make_landmark_model.py``) and OpenCV's RANSAC PnP gives the camera;
-  its centre's direction is the yaw and pitch. Measured on held-out synthetic heads (tests/test_pose.py):
-  within 5 degrees at 0 and +-30 degrees of yaw; Face Mesh itself regresses a less turned face beyond ~45
-  degrees, so at 60 degrees the estimate falls short by 5-15 degrees (docs/reconstruct.md).
-* ``render`` (no face found: a profile, the back of a head): the prediction is rendered from a coarse-to-fine
-  grid of orbit cameras and the one whose silhouette and colours match the photo best is kept.
+* ``landmarks`` (when MediaPipe Face Mesh finds the face and the landmark yaw is within
+  :data:`~perchead.inference.pose_net.LANDMARK_MAX_YAW_DEG`): its 478 landmarks are matched with a 3D model of
+  where they lie on a head in the canonical frame (``assets/face_landmarks_3d.npy``, built from train-split
+  synthetic heads by ``scripts/make_landmark_model.py``) and OpenCV's RANSAC PnP gives the camera; its centre's
+  direction is the yaw and pitch. Measured on held-out synthetic heads (tests/test_fit.py): within 5 degrees at
+  0 and +-30 degrees of yaw. Beyond ~45 degrees Face Mesh regresses a less turned face (47-62 at a true 60) or
+  finds none.
+* ``pose_net`` (a turned head, a profile, the back of a head): the small CNN of
+  :mod:`perchead.inference.pose_net`, trained on synthetic renders from every side, reads yaw and pitch from
+  the matted photo.
+
+:func:`pose_from_render` (render-and-compare of the network's prediction from a grid of orbit cameras) is kept
+for heads the pose net was not trained on; it was the fallback before the pose net and was measured worse on
+turned photos, whose prediction is not accurate enough to pose against (docs/reconstruct.md).
 """
 
 from __future__ import annotations
@@ -43,9 +49,10 @@ class Pose:
     yaw_deg: float
     pitch_deg: float
     method: str = "frontal"
-    """landmarks | render | frontal (not estimated: the standard camera) | given"""
+    """landmarks | pose_net | render | frontal (not estimated: the standard camera) | given"""
     loss: float = math.nan
-    """render: the silhouette + colour mismatch; landmarks: the RANSAC inlier share (higher is better)"""
+    """render: the silhouette + colour mismatch; landmarks: the RANSAC inlier share (higher is better);
+    pose_net: none"""
 
     @property
     def viewmat(self) -> Tensor:
@@ -136,18 +143,20 @@ def pose_from_render(gaussians: Gaussians, image: Tensor, mask: Tensor, size: in
     return Pose(yaw, pitch, "render", loss)
 
 
-def estimate_pose(gaussians: Gaussians, image: Tensor, mask: Tensor, backend: str = "auto") -> Pose:
+def estimate_pose(image: Tensor, mask: Tensor) -> Pose:
     """The input camera of ``image`` [3, S, S] (matted on white, in [0, 1]) with ``mask`` [1, S, S], relative
-    to the canonical head ``gaussians``: from Face Mesh landmarks when it finds the face, else by
-    render-and-compare of ``gaussians``."""
+    to the canonical head: from Face Mesh landmarks when it finds the face turned by at most
+    :data:`~perchead.inference.pose_net.LANDMARK_MAX_YAW_DEG`, else from the pose net."""
     from ..preprocess.detect import face_mesh_landmarks
+    from .pose_net import LANDMARK_MAX_YAW_DEG, pose_from_net
 
     points = face_mesh_landmarks(np.ascontiguousarray(to_uint8(image.permute(1, 2, 0))))
     if points is not None:
         pose = pose_from_landmarks(points, image.shape[-1])
-        if pose is not None:
+        if pose is not None and abs(pose.yaw_deg) <= LANDMARK_MAX_YAW_DEG:
             return pose
-    return pose_from_render(gaussians, image, mask, backend=backend)
+    yaw, pitch = pose_from_net(image, mask)
+    return Pose(yaw, pitch, "pose_net")
 
 
 __all__ = ["LANDMARK_MODEL", "Pose", "camera_K", "estimate_pose", "landmark_model", "pose_from_landmarks",

@@ -321,7 +321,7 @@ class Reconstructor:
         pose = Pose(0.0, 0.0)
         if self.config.estimate_pose:
             progress(0.18, "estimating the input camera")
-            pose = estimate_pose(gaussians, image, mask, backend=self.config.backend)
+            pose = estimate_pose(image, mask)
         if cfg.steps == 0:
             return pose, None
         anchors, s_max = None, None

@@ -186,8 +186,9 @@ def read_config(path: str | Path) -> ModelConfig:
     return ModelConfig.from_dict({k: v for k, v in data.items() if k not in ("format", "format_version")})
 
 
-def read_weights(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Tensors and metadata of a safetensors file, with errors that say what is wrong with it."""
+def read_weights(path: str | Path, fmt: str = FORMAT) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file, with errors that say what is wrong with it (``fmt``: the
+    ``format`` its metadata must name, when it names one)."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -202,8 +203,8 @@ def read_weights(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
         size = path.stat().st_size
         raise ValueError(f"{path} ({size} bytes) is truncated or not a safetensors file: {exc}; "
                          "re-download or re-save the checkpoint") from exc
-    if meta.get("format") not in (None, FORMAT):
-        raise ValueError(f"{path} holds '{meta.get('format')}' weights, not a perchead model")
+    if meta.get("format") not in (None, fmt):
+        raise ValueError(f"{path} holds '{meta.get('format')}' weights, not '{fmt}' weights")
     return tensors, meta
 
 

@@ -33,7 +33,13 @@ def main() -> int:
     from perchead.data.synth import SynthConfig, make_subject, subject_split
     from perchead.geometry import HEAD_CAMERA_FOV_DEG, HEAD_CAMERA_RADIUS, Cameras
     from perchead.inference.pose import estimate_pose, pose_from_landmarks
-    from perchead.inference.pose_net import LANDMARK_MAX_YAW_DEG, bundled_pose_net, pose_from_net, yaw_error
+    from perchead.inference.pose_net import (
+        LANDMARK_MAX_YAW_DEG,
+        NET_PROFILE_YAW_DEG,
+        bundled_pose_net,
+        pose_from_net,
+        yaw_error,
+    )
     from perchead.io import to_uint8
     from perchead.preprocess.detect import face_mesh_landmarks
     from perchead.render import rasterize
@@ -71,7 +77,8 @@ def main() -> int:
     print(f"machine: {cpu_name()}, {torch.get_num_threads()} torch threads, Python {platform.python_version()}, "
           f"torch {torch.__version__}")
     print(f"settings: {len(indices)} test-split symmetric heads {indices}, {args.size} px, pitch 0; landmarks "
-          f"used up to a landmark yaw of {LANDMARK_MAX_YAW_DEG:g} degrees")
+          f"used up to a landmark yaw of {LANDMARK_MAX_YAW_DEG:g} degrees unless the pose net reads beyond "
+          f"{NET_PROFILE_YAW_DEG:g} on the same side")
     print()
     print("| true yaw | Face Mesh finds the face | landmarks: error mean / max | pose net: mean / max | "
           "estimate_pose: mean / max | its method |")

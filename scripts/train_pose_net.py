@@ -7,7 +7,7 @@ as a 512 px photo crop is at inference. Augmented on the fly: mirroring (yaw neg
 grey, and a small zoom/shift of the crop (real crops are not centred exactly). Validated on val-split heads at
 fixed yaws; the test split's table (the subjects tests/test_fit.py checks) is printed once, at the end.
 
-    python scripts/train_pose_net.py                  # ~25 min on 2 CPU cores; rewrites the asset
+    python scripts/train_pose_net.py                  # ~45 min on 2 CPU cores; rewrites the asset
     python scripts/train_pose_net.py --evaluate-only  # the val / test tables of the shipped asset
 """
 

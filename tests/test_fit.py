@@ -194,9 +194,10 @@ def test_estimated_pose_recovers_the_yaw(yaw):
         assert abs(pose.pitch_deg) < 10.0, (index, pose)
 
 
-@pytest.mark.parametrize("yaw", [90.0, -135.0, 180.0])
+@pytest.mark.parametrize("yaw", [75.0, -75.0, 90.0, -135.0, 180.0])
 def test_pose_net_reads_profiles_and_backs(yaw):
-    """Where Face Mesh finds no face the pose net answers. The bound (10 degrees) is looser than the
+    """Where Face Mesh finds no face, or regresses a near-profile (75 degrees) to a less turned face, the
+    pose net answers. The bound (10 degrees) is looser than the
     issue's 5 at 60 degrees: a back of a head shows little that fixes its yaw."""
     for index in TEST_SUBJECTS:
         image, mask = synth_view(index, yaw, size=256)

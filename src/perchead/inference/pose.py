@@ -146,17 +146,19 @@ def pose_from_render(gaussians: Gaussians, image: Tensor, mask: Tensor, size: in
 def estimate_pose(image: Tensor, mask: Tensor) -> Pose:
     """The input camera of ``image`` [3, S, S] (matted on white, in [0, 1]) with ``mask`` [1, S, S], relative
     to the canonical head: from Face Mesh landmarks when it finds the face turned by at most
-    :data:`~perchead.inference.pose_net.LANDMARK_MAX_YAW_DEG`, else from the pose net."""
+    :data:`~perchead.inference.pose_net.LANDMARK_MAX_YAW_DEG`, else from the pose net (also when the pose net
+    reads a near-profile on the side the landmarks saw: :data:`~perchead.inference.pose_net.NET_PROFILE_YAW_DEG`)."""
     from ..preprocess.detect import face_mesh_landmarks
-    from .pose_net import LANDMARK_MAX_YAW_DEG, pose_from_net
+    from .pose_net import LANDMARK_MAX_YAW_DEG, NET_PROFILE_YAW_DEG, pose_from_net
 
+    net_yaw, net_pitch = pose_from_net(image, mask)
     points = face_mesh_landmarks(np.ascontiguousarray(to_uint8(image.permute(1, 2, 0))))
-    if points is not None:
-        pose = pose_from_landmarks(points, image.shape[-1])
-        if pose is not None and abs(pose.yaw_deg) <= LANDMARK_MAX_YAW_DEG:
+    pose = None if points is None else pose_from_landmarks(points, image.shape[-1])
+    if pose is not None and abs(pose.yaw_deg) <= LANDMARK_MAX_YAW_DEG:
+        near_profile = abs(net_yaw) >= NET_PROFILE_YAW_DEG and net_yaw * pose.yaw_deg > 0
+        if not near_profile:
             return pose
-    yaw, pitch = pose_from_net(image, mask)
-    return Pose(yaw, pitch, "pose_net")
+    return Pose(net_yaw, net_pitch, "pose_net")
 
 
 __all__ = ["LANDMARK_MODEL", "Pose", "camera_K", "estimate_pose", "landmark_model", "pose_from_landmarks",

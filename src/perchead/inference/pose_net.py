@@ -4,7 +4,8 @@ Face Mesh + PnP is accurate on faces up to ~40 degrees of yaw, but beyond that F
 face (47-62 degrees at a true 60) or finds none, and the network's prediction from a turned photo is not
 accurate enough to render-and-compare against. Synthetic heads give exact yaws for free, so this net is trained
 on train-split renders of the project's generator from every side (``scripts/train_pose_net.py``) and used where
-the landmarks are not: beyond :data:`LANDMARK_MAX_YAW_DEG`, or when no face is found.
+the landmarks are not: beyond :data:`LANDMARK_MAX_YAW_DEG`, when no face is found, or when the net itself
+reads a near-profile (:data:`NET_PROFILE_YAW_DEG`).
 
 Input: the matted photo on white and its alpha at :attr:`PoseNetConfig.size` px (4 channels). Output: (sin yaw,
 cos yaw, pitch / 30 degrees). The prediction is averaged with the mirrored photo's (yaw negated), which removes
@@ -140,5 +141,10 @@ LANDMARK_MAX_YAW_DEG = 40.0
 """Beyond this landmark yaw (measured: Face Mesh + PnP within 3.3 degrees up to 30, and 47-62 at a true 60) the
 pose net is used instead."""
 
-__all__ = ["FORMAT", "LANDMARK_MAX_YAW_DEG", "POSE_NET", "PoseNet", "PoseNetConfig", "bundled_pose_net",
-           "pose_from_net", "pose_input", "pose_targets", "yaw_error"]
+NET_PROFILE_YAW_DEG = 60.0
+"""Where the pose net reads a head turned beyond this, to the side the landmarks saw, it is trusted over them
+even below :data:`LANDMARK_MAX_YAW_DEG`: Face Mesh regresses some near-profiles (true 75) to 35-48 degrees,
+while the pose net's largest error there is 4 (benchmarks/bench_pose.py)."""
+
+__all__ = ["FORMAT", "LANDMARK_MAX_YAW_DEG", "NET_PROFILE_YAW_DEG", "POSE_NET", "PoseNet", "PoseNetConfig",
+           "bundled_pose_net", "pose_from_net", "pose_input", "pose_targets", "yaw_error"]

@@ -6,7 +6,6 @@ threshold below says what it was measured at.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -24,7 +23,7 @@ from perchead.inference.fit import (
     mirror_viewmat,
     photo_colours,
 )
-from perchead.inference.pose import Pose, camera_K, estimate_pose, pose_from_render
+from perchead.inference.pose import Pose, camera_K, estimate_pose
 from perchead.inference.pose_net import PoseNet, PoseNetConfig, bundled_pose_net, pose_from_net, yaw_error
 from perchead.inference.reconstruct import load_model
 from perchead.render import rasterize
@@ -225,18 +224,13 @@ def test_pose_net_files_are_checked(tmp_path):
     save_file({"w": torch.zeros(2)}, str(other), metadata={"format": "perchead-model"})
     with pytest.raises(ValueError, match="perchead-model"):
         PoseNet.load(other)
+    untagged = tmp_path / "untagged.safetensors"
+    save_file({"w": torch.zeros(2)}, str(untagged))
+    with pytest.raises(ValueError, match="names no format"):
+        PoseNet.load(untagged)
     net = PoseNet(PoseNetConfig(size=32, width=8, hidden=16))
     again = PoseNet.load(net.save(tmp_path / "tiny.safetensors"))
     x = torch.rand(2, 4, 32, 32)
     assert again.config == net.config and torch.equal(again(x), net.eval()(x))
 
 
-def test_render_and_compare_finds_a_known_camera(demo, prediction):
-    g, _, _ = prediction
-    # The demo's own render from a known camera: render-and-compare must find that camera again.
-    vm = orbit_viewmats([40.0], [5.0], HEAD_CAMERA_RADIUS)
-    with torch.no_grad():
-        out = rasterize(g, vm, camera_K(64)[None], 64, 64)
-    pose = pose_from_render(g, out.rgb[0].permute(2, 0, 1), out.alpha[0].permute(2, 0, 1))
-    assert pose.method == "render" and abs(pose.yaw_deg - 40.0) <= 1.5 and abs(pose.pitch_deg - 5.0) <= 1.5
-    assert np.isfinite(pose.loss)

@@ -10,16 +10,12 @@ the standard radius and field of view looking at the head centre -- with an unkn
   :data:`~perchead.inference.pose_net.LANDMARK_MAX_YAW_DEG`): its 478 landmarks are matched with a 3D model of
   where they lie on a head in the canonical frame (``assets/face_landmarks_3d.npy``, built from train-split
   synthetic heads by ``scripts/make_landmark_model.py``) and OpenCV's RANSAC PnP gives the camera; its centre's
-  direction is the yaw and pitch. Measured on held-out synthetic heads (tests/test_fit.py): within 5 degrees at
-  0 and +-30 degrees of yaw. Beyond ~45 degrees Face Mesh regresses a less turned face (47-62 at a true 60) or
-  finds none.
+  direction is the yaw and pitch. Measured on held-out synthetic heads: within 5 degrees at 0 and +-30 degrees
+  of yaw on the subjects of tests/test_fit.py, 8.8 at most at +-30 over those of benchmarks/bench_pose.py.
+  Beyond ~45 degrees Face Mesh regresses a less turned face (47-62 at a true 60) or finds none.
 * ``pose_net`` (a turned head, a profile, the back of a head): the small CNN of
   :mod:`perchead.inference.pose_net`, trained on synthetic renders from every side, reads yaw and pitch from
   the matted photo.
-
-:func:`pose_from_render` (render-and-compare of the network's prediction from a grid of orbit cameras) is kept
-for heads the pose net was not trained on; it was the fallback before the pose net and was measured worse on
-turned photos, whose prediction is not accurate enough to pose against (docs/reconstruct.md).
 """
 
 from __future__ import annotations
@@ -30,13 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..geometry import HEAD_CAMERA_FOV_DEG, HEAD_CAMERA_RADIUS, Gaussians, focal_from_fov, intrinsics, orbit_viewmats
+from ..geometry import HEAD_CAMERA_FOV_DEG, HEAD_CAMERA_RADIUS, focal_from_fov, intrinsics, orbit_viewmats
 from ..io import to_uint8
-from ..render import rasterize
 
 LANDMARK_MODEL = Path(__file__).resolve().parents[1] / "assets" / "face_landmarks_3d.npy"
 """[478, 3] float32: MediaPipe Face Mesh landmarks on a head in the canonical frame (metres)."""
@@ -49,10 +43,9 @@ class Pose:
     yaw_deg: float
     pitch_deg: float
     method: str = "frontal"
-    """landmarks | pose_net | render | frontal (not estimated: the standard camera) | given"""
+    """landmarks | pose_net | frontal (not estimated: the standard camera) | given"""
     loss: float = math.nan
-    """render: the silhouette + colour mismatch; landmarks: the RANSAC inlier share (higher is better);
-    pose_net: none"""
+    """landmarks: the RANSAC inlier share (higher is better); pose_net: none"""
 
     @property
     def viewmat(self) -> Tensor:
@@ -72,10 +65,12 @@ def camera_K(size: int) -> Tensor:
 
 
 def resize_to(image: Tensor, size: int) -> Tensor:
-    """[C, H, W] -> [C, size, size] (antialiased bilinear, as the training data)."""
+    """[..., C, H, W] -> [..., C, size, size] (antialiased bilinear, as the training data)."""
     if image.shape[-1] == size and image.shape[-2] == size:
         return image
-    return F.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+    flat = image.reshape(-1, *image.shape[-3:])
+    out = F.interpolate(flat, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return out.reshape(*image.shape[:-2], size, size)
 
 
 # -- landmarks + PnP -----------------------------------------------------------------------------------------
@@ -110,39 +105,6 @@ def pose_from_landmarks(points: np.ndarray, size: int) -> Pose | None:
     return Pose(yaw, pitch, "landmarks", len(inliers) / len(points))
 
 
-# -- render and compare --------------------------------------------------------------------------------------
-def pose_loss(gaussians: Gaussians, image: Tensor, mask: Tensor, yaws: list[float], pitches: list[float],
-              backend: str = "auto") -> Tensor:
-    """[C] mismatch of renders from orbit cameras (yaw_i, pitch_i) with the matted photo: mean |alpha - mask|
-    + mean |rgb - image| (at the image's size, on white)."""
-    size = image.shape[-1]
-    vm = orbit_viewmats(yaws, pitches, HEAD_CAMERA_RADIUS).to(gaussians.means)
-    out = rasterize(gaussians, vm, camera_K(size).to(vm).expand(len(vm), 3, 3), size, size, backend=backend)
-    rgb, alpha = out.rgb.permute(0, 3, 1, 2), out.alpha.permute(0, 3, 1, 2)
-    return (alpha - mask).abs().mean(dim=(1, 2, 3)) + (rgb - image).abs().mean(dim=(1, 2, 3))
-
-
-@torch.no_grad()
-def pose_from_render(gaussians: Gaussians, image: Tensor, mask: Tensor, size: int = 64, max_yaw_deg: float = 180.0,
-                     max_pitch_deg: float = 20.0, backend: str = "auto") -> Pose:
-    """A 15 degree yaw sweep, then 5 and 1.5 degree steps in yaw and pitch around the best."""
-    image = resize_to(image, size).to(gaussians.means)
-    mask = resize_to(mask, size).to(gaussians.means)
-
-    def best(yaws: list[float], pitches: list[float]) -> tuple[float, float, float]:
-        pairs = [(y, p) for y in yaws for p in pitches if abs(y) <= max_yaw_deg and abs(p) <= max_pitch_deg]
-        losses = torch.cat([pose_loss(gaussians, image, mask, [y for y, _ in chunk], [p for _, p in chunk], backend)
-                            for chunk in (pairs[i:i + 16] for i in range(0, len(pairs), 16))])
-        i = int(losses.argmin())
-        return pairs[i][0], pairs[i][1], float(losses[i])
-
-    n = int(max_yaw_deg // 15)
-    yaw, pitch, _ = best([15.0 * k for k in range(-n, n + 1)], [0.0])
-    yaw, pitch, _ = best([yaw + 5.0 * k for k in range(-2, 3)], [pitch + 5.0 * k for k in range(-3, 4)])
-    yaw, pitch, loss = best([yaw + 1.5 * k for k in range(-2, 3)], [pitch + 1.5 * k for k in range(-2, 3)])
-    return Pose(yaw, pitch, "render", loss)
-
-
 def estimate_pose(image: Tensor, mask: Tensor) -> Pose:
     """The input camera of ``image`` [3, S, S] (matted on white, in [0, 1]) with ``mask`` [1, S, S], relative
     to the canonical head: from Face Mesh landmarks when it finds the face turned by at most
@@ -162,4 +124,4 @@ def estimate_pose(image: Tensor, mask: Tensor) -> Pose:
 
 
 __all__ = ["LANDMARK_MODEL", "Pose", "camera_K", "estimate_pose", "landmark_model", "pose_from_landmarks",
-           "pose_from_render", "pose_loss", "resize_to"]
+           "resize_to"]

@@ -9,3 +9,6 @@ PYTHON=${PYTHON:-python3}
 # a multi-GB CUDA build. Elsewhere pip fetches 2.13.0 (set PERCHEAD_TORCH to choose another spec).
 .venv/bin/python -m pip install -q "${PERCHEAD_TORCH:-torch==2.13.0}"
 .venv/bin/python -m pip install -q -e ".[dev]"
+# Compile the CPU rasterizer's numba kernels now (cached beside the module), so that the first
+# `perchead reconstruct` does not spend its first fit step compiling them.
+.venv/bin/python -m perchead.render.warmup

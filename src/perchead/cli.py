@@ -7,6 +7,7 @@ module is imported only when its command runs, so ``perchead --help`` answers wi
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # name -> ("module:function", one-line summary). Only commands that work are listed.
@@ -28,14 +29,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def _usage() -> str:
     width = max(len(name) for name in COMMANDS)
-    lines = ["usage: perchead <command> [options]", "", "commands:"]
+    lines = ["usage: perchead [--verbose] <command> [options]", "", "commands:"]
     lines += [f"  {name.ljust(width)}  {summary}" for name, (_, summary) in COMMANDS.items()]
-    lines += ["", "`perchead <command> --help` lists a command's options."]
+    lines += ["", "`perchead <command> --help` lists a command's options. --verbose keeps MediaPipe/TFLite's native",
+              "log lines, which are silenced otherwise."]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--verbose" in argv:  # global: accepted before or after the command, never passed on to it
+        argv = [a for a in argv if a != "--verbose"]
+        os.environ["PERCHEAD_VERBOSE"] = "1"  # perchead.preprocess.quiet.VERBOSE_ENV, read without importing it
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0

@@ -41,7 +41,7 @@ CAMERAS_FILE = "cameras.json"
 KINDS = ("studio", "wild")
 SPLITS = ("train", "val", "test")
 
-# CelebAMask-HQ / FaRL face-parsing classes (DESIGN.md section 2, editing row); "l_"/"r_" = the subject's own
+# CelebAMask-HQ / FaRL face-parsing classes (docs/design.md section 2, editing row); "l_"/"r_" = the subject's own
 # left/right (left = +x in the head frame, which appears on the image's right in a frontal view).
 SEGMENT_CLASSES = (
     "background", "skin", "l_brow", "r_brow", "l_eye", "r_eye", "eye_g", "l_ear", "r_ear", "ear_r",

@@ -4,7 +4,7 @@ A sample is drawn from (seed, epoch, index) alone, so any worker, any order and 
 sample. The kind of subject is drawn first with ``studio_fraction`` (the mixing ratio), then a subject of that
 kind, then an input view among those that show a face, then ``num_targets`` other views.
 
-Whether a view shows a face (DESIGN.md: Cafca back views are filtered out as inputs): a ``face_visible``
+Whether a view shows a face (docs/design.md: Cafca back views are filtered out as inputs): a ``face_visible``
 callable if given, else the view's precomputed ``face_visible`` flag, else its ``yaw_deg`` against
 ``max_input_yaw_deg``, else the view counts as showing a face.
 """
@@ -33,7 +33,7 @@ class SamplerConfig:
     max_input_yaw_deg: float = 90.0  # used when a view has a yaw but no face_visible flag
     targets_include_input: bool = False  # allow the input view among the targets (only when views run out)
     image_size: int | None = None  # resize every view to this square size (K scaled); None: keep
-    background: float = 1.0  # grey level composited behind the mask (white, DESIGN.md)
+    background: float = 1.0  # grey level composited behind the mask (white, docs/design.md)
     samples_per_epoch: int | None = None  # default: number of subjects in the split
     seed: int = 0
     load_segmentation: bool = True

@@ -4,7 +4,7 @@ The map is one-hot encoded (19 channels), padded with background to whole 14 px 
 encoder's input, patch-embedded and run through a plain ViT (the image encoder's :class:`PatchViT` with a
 19-channel patch embedding) on the patches that hold at least one non-background pixel. Each kept token is
 concatenated with the same global CLIP embedding, and an MLP turns the pair into the decoder's F2D width
-(DESIGN.md section 2, editing row). The decoder and Gaussian heads stay those of the reconstruction model.
+(docs/design.md section 2, editing row). The decoder and Gaussian heads stay those of the reconstruction model.
 """
 
 from __future__ import annotations

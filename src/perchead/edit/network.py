@@ -1,6 +1,6 @@
 """The editing network: segmentation map + CLIP style -> the reconstruction model's decoder -> Gaussians.
 
-Only the encoder differs from :class:`~perchead.model.PercHead` (DESIGN.md section 2): the 3D tokens, the
+Only the encoder differs from :class:`~perchead.model.PercHead` (docs/design.md section 2): the 3D tokens, the
 cross-attention decoder, the Gaussian heads and SHP-CNN are the reconstruction model's, fine-tuned.
 ``EditNetwork.from_reconstruction(model)`` *shares* those modules with ``model`` (so the edit training stage
 updates them in place) and starts the segmentation ViT's blocks from the image ViT's.

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -258,14 +257,6 @@ _OUTER_LIPS = [61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269,
 _INNER_LIPS = [78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191]
 
 
-@functools.cache
-def _face_mesh():
-    from mediapipe.python.solutions import face_mesh
-
-    return face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=True,
-                              min_detection_confidence=0.3)
-
-
 def _ring(connections) -> list[int]:
     """Order the edges of a closed Face Mesh contour into a polygon (a list of landmark ids)."""
     nxt: dict[int, int] = {}
@@ -303,18 +294,17 @@ def segment_mediapipe(rgb: np.ndarray, person: np.ndarray | None = None) -> Segm
     """
     from mediapipe.python.solutions import face_mesh_connections as fmc
 
+    from perchead.preprocess.detect import face_mesh_landmarks
     from perchead.preprocess.matting import person_mask
 
     rgb = np.ascontiguousarray(np.asarray(rgb)[..., :3])
     if rgb.dtype != np.uint8 or rgb.ndim != 3:
         raise ValueError(f"segment_mediapipe wants a uint8 RGB image [H, W, 3], got {rgb.dtype} {rgb.shape}")
     h, w = rgb.shape[:2]
-    result = _face_mesh().process(rgb)
-    if not result.multi_face_landmarks:
+    pts = face_mesh_landmarks(rgb)
+    if pts is None:
         raise ValueError("MediaPipe Face Mesh found no face in the photo, so no segmentation map can be made; "
                          "use a frontal portrait, pass a map with --seg, or a face parser with --face-parser")
-    lm = result.multi_face_landmarks[0].landmark
-    pts = np.array([(p.x * w, p.y * h) for p in lm], dtype=np.float64)
 
     def poly(connections) -> np.ndarray:
         return _fill((h, w), pts[_ring(connections)])

@@ -1,6 +1,6 @@
 """The evaluation protocol: which view is the input, which are the targets, and how targets are framed.
 
-Views are described by yaw and pitch in the canonical head frame (DESIGN.md section 3: +y up, face towards
+Views are described by yaw and pitch in the canonical head frame (docs/design.md section 3: +y up, face towards
 +z; yaw 0 = camera in front on +z, positive yaw moves the camera towards +x, the subject's left ear; positive
 pitch lifts it above the head). Three tasks (docs/evaluation.md):
 
@@ -35,7 +35,7 @@ from ..data.readers.nersemble import NERSEMBLE_TEST_IDS
 from ..geometry import HEAD_CAMERA_FOV_DEG, HEAD_CAMERA_RADIUS
 from ..preprocess.crop import PAPER_CROP_SCALE, Box, square_box
 
-# The paper's held-out subjects (DESIGN.md section 2, eval row). NeRSemble participant ids are published;
+# The paper's held-out subjects (docs/design.md section 2, eval row). NeRSemble participant ids are published;
 # the 11 unseen Ava-256 captures are not (neither in the paper nor in the Ava-256 repository), so the list
 # is empty and ProtocolConfig.ava256_subjects must be given to evaluate on Ava-256.
 NERSEMBLE_HELD_OUT: tuple[str, ...] = NERSEMBLE_TEST_IDS

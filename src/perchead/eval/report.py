@@ -64,7 +64,7 @@ from .protocol import GROUPS, describe_protocol
 # Column titles, with the direction in which a metric is better.
 METRIC_LABELS = {"psnr": "PSNR ↑", "ssim": "SSIM ↑", "lpips": "LPIPS ↓", "dreamsim": "DreamSim ↓",
                  "id_arcface": "ID ArcFace ↓", "id_dlib": "ID dlib ↓"}
-# The paper's PercHead results (DESIGN.md section 2): Ava-256, 11 unseen captures, 512 px crops, white
+# The paper's PercHead results (docs/design.md section 2): Ava-256, 11 unseen captures, 512 px crops, white
 # background. On its own data: not comparable with any other dataset's numbers. Its extreme views are
 # profiles of a (near-)frontal input: the "extreme" group here (not opposite_profile).
 PAPER_RESULTS = {"novel": {"psnr": 16.4, "ssim": 0.691, "lpips": 0.269, "dreamsim": 0.092, "id_arcface": 0.292},
@@ -265,7 +265,7 @@ def results_markdown(summary: Sequence[dict[str, Any]], per_subject: Sequence[di
         "symmetric head a mirrored input is the target, so this row rewards mirroring. The exact rules are "
         "under Protocol.",
         "The paper's rows are PercHead's published numbers on Ava-256 (11 unseen captures, 512 px, real "
-        "captures; DESIGN.md section 2), shown for scale only: a different dataset, resolution and model size, "
+        "captures; docs/design.md section 2), shown for scale only: a different dataset, resolution and model size, "
         "so **not comparable** with the rows above. Its identity column is ArcFace.",
         "## Extreme minus novel views\n\n" + drop_table(summary, metrics, methods),
     ]

@@ -3,7 +3,7 @@
 * ``viewmat``: 4x4 world-to-camera matrix, OpenCV axes (x right, y down, z forward).
 * ``K``: 3x3 intrinsics in pixels; the centre of pixel (u, v) sits at (u + 0.5, v + 0.5).
 
-The canonical head frame (DESIGN.md section 3) is metres, origin near the head centre, +y up, face towards
+The canonical head frame (docs/design.md section 3) is metres, origin near the head centre, +y up, face towards
 +z. A camera "in front of the face" therefore sits on +z and looks down -z; yaw turns it around +y (positive
 yaw moves it towards the subject's left ear, i.e. +x), pitch lifts it above the head.
 """
@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 # The standard input camera: a head (chin to crown with hair, ~0.24 m) fills 1/1.65 of the frame height, the
-# crop the paper uses (DESIGN.md section 2). Training data, synthetic renders and photo preprocessing all
+# crop the paper uses (docs/design.md section 2). Training data, synthetic renders and photo preprocessing all
 # assume this camera for the input view, so the network sees one consistent framing.
 HEAD_CAMERA_RADIUS = 1.5  # metres from the head centre
 HEAD_CAMERA_FOV_DEG = 15.0  # full vertical (= horizontal) field of view

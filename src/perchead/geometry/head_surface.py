@@ -1,6 +1,6 @@
 """A procedural closed head surface laid out as a square UV position map (an atlas).
 
-The model's template (DESIGN.md section 3) is a ``resolution x resolution`` grid of surface points where a 4x4
+The model's template (docs/design.md section 3) is a ``resolution x resolution`` grid of surface points where a 4x4
 block is one 3D token, so grid neighbours must be surface neighbours and points should cover the surface
 evenly. The synthetic-data generator builds its heads from the same map with a random :class:`HeadShape`.
 

@@ -520,7 +520,8 @@ def shp_cnn_changes_images(model) -> bool:
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     if image.shape[0] == size and image.shape[1] == size:
         return image
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.LANCZOS))
+    # np.array, not np.asarray: PIL's buffer is read-only and torch.from_numpy of it warns (and must not write)
+    return np.array(Image.fromarray(image).resize((size, size), Image.Resampling.LANCZOS))
 
 
 @contextlib.contextmanager

@@ -34,7 +34,7 @@ TokenSet = Literal["cls+patch", "cls", "patch"]
 
 @dataclass
 class DinoLossConfig:
-    """Settings of the DINOv2 loss; the defaults are the paper's (DESIGN.md section 2)."""
+    """Settings of the DINOv2 loss; the defaults are the paper's (docs/design.md section 2)."""
 
     model: str = DEFAULT_DINOV2
     """hub id or local folder of a DINOv2 checkpoint (with or without registers)"""

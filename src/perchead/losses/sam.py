@@ -20,7 +20,7 @@ from .foundation import DEFAULT_SAM2, Sam2ImageEncoder, load_sam2_vision
 
 @dataclass
 class SamLossConfig:
-    """Settings of the SAM 2.1 loss; the defaults are the paper's (DESIGN.md section 2)."""
+    """Settings of the SAM 2.1 loss; the defaults are the paper's (docs/design.md section 2)."""
 
     model: str = DEFAULT_SAM2
     """hub id or local folder of a SAM 2 / 2.1 checkpoint"""

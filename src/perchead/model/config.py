@@ -1,6 +1,6 @@
 """Typed model configuration and the four presets.
 
-All presets are the same code with different numbers (DESIGN.md section 3). A config is stored as
+All presets are the same code with different numbers (docs/design.md section 3). A config is stored as
 ``config.json`` next to the weights, so a checkpoint says which architecture it holds.
 """
 
@@ -170,7 +170,7 @@ class ModelConfig:
 
 
 def _paper() -> ModelConfig:
-    # DESIGN.md sections 2-3: ViT-g/14-reg layers 9,19,29,39; 512 px; 65,536 Gaussians; decoder 1024 wide,
+    # docs/design.md sections 2-3: ViT-g/14-reg layers 9,19,29,39; 512 px; 65,536 Gaussians; decoder 1024 wide,
     # 16 heads, 10 layers. The trainable ViT's size is not published: ViT-B is our choice.
     return ModelConfig(preset="paper")
 

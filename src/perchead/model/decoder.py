@@ -1,6 +1,6 @@
 """3D decoder: template tokens that only cross-attend to the 2D tokens (no self-attention anywhere).
 
-Layer i computes F_i = F_{i-1} + MLP_i(F_{i-1} + ATTN_i(F_{i-1}, F2D)) (DESIGN.md section 2), pre-norm. The
+Layer i computes F_i = F_{i-1} + MLP_i(F_{i-1} + ATTN_i(F_{i-1}, F2D)) (docs/design.md section 2), pre-norm. The
 attention output reaches F only through the MLP, exactly as the published update. Because every query
 token attends to the image alone, the tokens never exchange information: token k's output depends on its own
 initial embedding and on F2D only (tested).

@@ -1,7 +1,7 @@
 """SHP-CNN: a shallow residual CNN that sharpens the rasterised image.
 
 The last convolution is zero-initialised, so the network starts as the identity and stage 2 of training
-(3D part frozen, DINOv2 layer-8 CLS loss; DESIGN.md section 2) only has to learn a correction.
+(3D part frozen, DINOv2 layer-8 CLS loss; docs/design.md section 2) only has to learn a correction.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The head template: a RxR UV position map whose 4x4 blocks are the decoder's 3D tokens.
 
-65,536 = 256^2 points, 4,096 = 64^2 tokens, 16 = 4x4 points per token (DESIGN.md section 3). The grid is
+65,536 = 256^2 points, 4,096 = 64^2 tokens, 16 = 4x4 points per token (docs/design.md section 3). The grid is
 flattened row-major everywhere: Gaussian ``k`` sits at texel ``(k // R, k % R)`` and belongs to token
 ``(k // R // 4) * (R // 4) + (k % R) // 4``. ``pixel_unshuffle(4)`` turns the point map into tokens and
 ``pixel_shuffle(4)`` turns 16 latents per token back into points, so both directions agree by construction.

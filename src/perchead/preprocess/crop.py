@@ -1,6 +1,6 @@
 """Head box and square crop geometry.
 
-The paper crops a square ~1.65x the head box (DESIGN.md section 2). The project's standard input camera
+The paper crops a square ~1.65x the head box (docs/design.md section 2). The project's standard input camera
 (``perchead.geometry.input_camera``: 1.5 m from the head centre, 15 degree field of view) frames a head of
 ~0.24 m chin to crown at exactly that ratio, looking at the canonical origin, which the template head
 (``perchead.geometry.head_surface.HeadShape``) puts at eye height on the face's midline. Synthetic renders

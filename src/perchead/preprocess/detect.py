@@ -1,4 +1,4 @@
-"""Face detection with detectors whose weights ship inside their pip packages (DESIGN.md section 4).
+"""Face detection with detectors whose weights ship inside their pip packages (docs/design.md section 4).
 
 Detectors are tried in order until one finds a face:
 
@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
+
+from .quiet import native_logs_quiet
 
 log = logging.getLogger(__name__)
 
@@ -65,21 +67,24 @@ class Face:
 def _mp_face_detection(model_selection: int, min_confidence: float):
     from mediapipe.python.solutions import face_detection
 
-    return face_detection.FaceDetection(model_selection=model_selection,
-                                        min_detection_confidence=min_confidence)
+    with native_logs_quiet():
+        return face_detection.FaceDetection(model_selection=model_selection,
+                                            min_detection_confidence=min_confidence)
 
 
 @functools.cache
 def _mp_face_mesh():
     from mediapipe.python.solutions import face_mesh
 
-    return face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=True,
-                              min_detection_confidence=0.3)
+    with native_logs_quiet():
+        return face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=True,
+                                  min_detection_confidence=0.3)
 
 
 def _detect_mediapipe(rgb: np.ndarray, model_selection: int, min_confidence: float) -> list[Face]:
     h, w = rgb.shape[:2]
-    result = _mp_face_detection(model_selection, min_confidence).process(np.ascontiguousarray(rgb))
+    with native_logs_quiet():
+        result = _mp_face_detection(model_selection, min_confidence).process(np.ascontiguousarray(rgb))
     name = "mediapipe-full" if model_selection == 1 else "mediapipe-short"
     faces = []
     for det in result.detections or []:
@@ -264,7 +269,8 @@ def face_mesh_landmarks(rgb: np.ndarray) -> np.ndarray | None:
     """[478, 2] pixel positions of MediaPipe Face Mesh's landmarks (with irises) of the one face in ``rgb``,
     or None when it finds none (or MediaPipe is not installed)."""
     try:
-        result = _mp_face_mesh().process(np.ascontiguousarray(rgb))
+        with native_logs_quiet():
+            result = _mp_face_mesh().process(np.ascontiguousarray(rgb))
     except ImportError:
         return None
     if not result.multi_face_landmarks:

@@ -13,6 +13,8 @@ import functools
 import numpy as np
 from scipy import ndimage
 
+from .quiet import native_logs_quiet
+
 SELFIE_MODELS = {"general": 0, "landscape": 1}
 
 
@@ -20,14 +22,16 @@ SELFIE_MODELS = {"general": 0, "landscape": 1}
 def _selfie_segmenter(model_selection: int):
     from mediapipe.python.solutions import selfie_segmentation
 
-    return selfie_segmentation.SelfieSegmentation(model_selection=model_selection)
+    with native_logs_quiet():
+        return selfie_segmentation.SelfieSegmentation(model_selection=model_selection)
 
 
 def person_mask(rgb: np.ndarray, model: str = "general") -> np.ndarray:
     """Soft person mask float32 [H, W] in [0, 1] for a uint8 RGB image."""
     if model not in SELFIE_MODELS:
         raise ValueError(f"unknown selfie segmentation model {model!r}; choose from {list(SELFIE_MODELS)}")
-    result = _selfie_segmenter(SELFIE_MODELS[model]).process(np.ascontiguousarray(rgb[..., :3]))
+    with native_logs_quiet():
+        result = _selfie_segmenter(SELFIE_MODELS[model]).process(np.ascontiguousarray(rgb[..., :3]))
     return np.clip(np.asarray(result.segmentation_mask, dtype=np.float32), 0.0, 1.0)
 
 

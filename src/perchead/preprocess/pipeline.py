@@ -27,7 +27,7 @@ class NoFaceError(ValueError):
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """How a photo becomes the network's input (defaults follow DESIGN.md section 2)."""
+    """How a photo becomes the network's input (defaults follow docs/design.md section 2)."""
 
     size: int = 512
     """output side in pixels"""

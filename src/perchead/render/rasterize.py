@@ -59,7 +59,7 @@ def resolve_backend(backend: Backend, device: torch.device) -> str:
 
 def _background(background: Tensor | float | tuple | None, like: Tensor) -> Tensor:
     if background is None:
-        background = 1.0  # white, the field's evaluation convention (DESIGN.md section 2)
+        background = 1.0  # white, the field's evaluation convention (docs/design.md section 2)
     bg = torch.as_tensor(background, dtype=like.dtype, device=like.device)
     return bg.expand(3) if bg.ndim == 0 else bg
 

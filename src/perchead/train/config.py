@@ -26,7 +26,7 @@ STAGES: tuple[str, ...] = ("reconstruct", "sharpen", "edit")
 ModelChoice = Union[tuple(  # noqa: UP007 -- tyro needs a real Union of Annotated members here
     Annotated[ModelConfig, tyro.conf.subcommand(name, default=preset(name))] for name in PRESETS)]
 
-# The loss each stage uses unless --loss-name says otherwise (DESIGN.md section 2).
+# The loss each stage uses unless --loss-name says otherwise (docs/design.md section 2).
 DEFAULT_STAGE_LOSS = {"reconstruct": "perceptual", "sharpen": "sharpen", "edit": "perceptual"}
 
 

@@ -3,7 +3,7 @@
 One optimizer step: input view -> network -> Gaussians -> render every target camera -> (SHP-CNN in the
 sharpen stage) -> loss against the target images, masked over padding views -> backward -> clip -> AdamW.
 
-Stages (DESIGN.md section 2):
+Stages (docs/design.md section 2):
 
 * ``reconstruct`` -- the whole network except the frozen DINOv2 branch trains with the perceptual loss on
   the raw renders; SHP-CNN is neither applied nor trained.
@@ -342,7 +342,7 @@ class Trainer:
             train_root.requires_grad_(True)
             trainable = []
             for name, p in train_root.named_parameters():
-                # DINOv2 stays frozen (DESIGN.md section 2); SHP-CNN belongs to the sharpen stage.
+                # DINOv2 stays frozen (docs/design.md section 2); SHP-CNN belongs to the sharpen stage.
                 if ".dino." in f".{name}" or name.startswith(("shp_cnn.", "encoder.dino.")):
                     p.requires_grad_(False)
                 else:

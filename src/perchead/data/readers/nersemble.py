@@ -32,7 +32,7 @@ from .common import (
     to_uint8_rgb,
 )
 
-# PercHead evaluates on these NeRSemble participants (DESIGN.md section 2); they never enter training.
+# PercHead evaluates on these NeRSemble participants (docs/design.md section 2); they never enter training.
 NERSEMBLE_TEST_IDS = ("059", "070", "370", "373", "374")
 
 

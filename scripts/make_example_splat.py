@@ -6,7 +6,7 @@ It stands in for a reconstruction until the real model exists (the README's firs
 head is an implicit surface -- a smooth union of ellipsoids (cranium, face, jaw, nose, ears, neck) cut flat
 under the neck -- covered with flat disc Gaussians; a hair cap of strand-shaped Gaussians floats a few
 millimetres above the skull; eyes, brows and lips are small "decal" Gaussians laid just above the skin; a
-soft top-front light is baked into the colours. Canonical head frame (DESIGN.md): metres, origin near the
+soft top-front light is baked into the colours. Canonical head frame (docs/design.md section 3): metres, origin near the
 head centre, +y up, face towards +z, ~0.18 m wide with the ears, ~0.23 m chin to crown. A mole on the
 subject's left cheek (+x) makes a mirrored render easy to spot. Seeded, so the file is reproducible.
 """

@@ -56,7 +56,7 @@ SHARPEN = dict(steps=800, lr=1e-3, warmup=20, min_lr_ratio=0.1, val_every=100, c
                loss_weights=dict(l1=0.0, mse=1.0, ssim=0.3))
 PRESET = "tiny"
 # The synthetic hair stands further off the scalp than the default offset range (5% of the head size) reaches,
-# so the demo lets the Gaussians move up to 15% (DESIGN.md: "start from s_max = 0.05 ... and tune").
+# so the demo lets the Gaussians move up to 15% (docs/design.md section 3: "start from s_max = 0.05 ... and tune").
 MODEL = dict(s_max=0.15)
 
 

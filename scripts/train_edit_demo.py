@@ -379,7 +379,7 @@ def write_card(work: Path, assets: Path, data: Path, final: Path, figure: dict) 
 
 **Read this first: {NOTICE}.**
 
-A small editing network (DESIGN.md section 2, editing row; docs/editing.md) bundled with the package so that
+A small editing network (docs/design.md section 2, editing row; docs/editing.md) bundled with the package so that
 `perchead edit --checkpoint demo` (the default) and `EditNetwork.from_pretrained(...)` work offline on a CPU: a
 19-class segmentation map sets the geometry, a style image the look. It is a **demo**: trained for minutes on a
 2-core CPU, only on the project's procedural synthetic heads, at {m['image_size']} px, with a pixel loss and a map

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -399,3 +400,24 @@ def test_20000px_jpeg_within_2gb(tmp_path):
     x0, y0, x1, y1 = res["crop_box"]
     assert abs((x0 + x1) / 2 - (8000 + 8 * 225)) < 80 and abs((y0 + y1) / 2 - (6000 + 8 * 102)) < 80
     assert res["face_mean"] > 0.9
+
+
+def test_mediapipe_native_log_lines_are_silenced_unless_verbose():
+    """MediaPipe's graphs log from C++ straight to fd 2 ("W0000 ... inference_feedback_manager.cc"); a user sees
+    none of it unless they ask with PERCHEAD_VERBOSE=1 (``perchead --verbose``), which shows the test can fail."""
+    script = textwrap.dedent("""
+        import numpy as np, skimage.data
+        from perchead.preprocess import preprocess_image
+        from perchead.preprocess.detect import face_mesh_landmarks
+        out = preprocess_image(skimage.data.astronaut())
+        assert face_mesh_landmarks(np.ascontiguousarray(np.array(out.image))) is not None
+        print("done")
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PERCHEAD_VERBOSE"}
+    quiet = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    loud = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**env, "PERCHEAD_VERBOSE": "1"})
+    assert quiet.returncode == 0 and loud.returncode == 0, quiet.stderr + loud.stderr
+    assert "done" in quiet.stdout
+    assert "W0000" not in quiet.stderr and "XNNPACK" not in quiet.stderr, quiet.stderr
+    assert "W0000" in loud.stderr or "XNNPACK" in loud.stderr, loud.stderr

@@ -1,13 +1,17 @@
 """The input camera's yaw error of each pose method, per true yaw, on held-out synthetic heads (and the real
 photos' estimates, where no true yaw is known).
 
-    python benchmarks/bench_pose.py [--subjects 8] [--size 512]
+    python benchmarks/bench_pose.py [--subjects 8] [--size 512] [--heads symmetric] [--pitch 0]
 
-Test-split symmetric heads (the kind the demo and tests/test_fit.py use) are rendered by the standard head
-camera at pitch 0 from each yaw. For each: Face Mesh + PnP (``landmarks``: how many of the subjects it finds a
-face on, mean and max error where it does), the pose net alone, and :func:`perchead.inference.pose.estimate_pose`
-(what ``perchead reconstruct`` uses). Then the package-shipped photos, cropped and matted as
+Test-split heads (by default the symmetric kind that the demo and tests/test_fit.py use) are rendered by the
+standard head camera at the given pitch from each yaw. For each: Face Mesh + PnP (``landmarks``: how many of the
+subjects it finds a face on, mean and max error where it does), the pose net alone, and
+:func:`perchead.inference.pose.estimate_pose` (what ``perchead reconstruct`` uses: the two readings weighed by
+:func:`perchead.inference.pose.fuse`). Then the package-shipped photos, cropped and matted as
 ``perchead reconstruct`` does: each method's yaw and pitch there, and on the mirrored photo.
+
+MediaPipe's TFLite kernels ignore torch's settings, and torch's own kernels follow ``ATEN_CPU_CAPABILITY``
+(e.g. ``avx2`` on an AVX-512 machine): the header names both, so tables from two machines can be told apart.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--subjects", type=int, default=8, help="held-out synthetic subjects")
     parser.add_argument("--size", type=int, default=512, help="render size (px) of the synthetic photos")
+    parser.add_argument("--heads", default="symmetric", choices=["symmetric", "asymmetric"],
+                        help="kind of synthetic head")
+    parser.add_argument("--pitch", type=float, default=0.0, help="camera pitch (degrees) of every view")
     args = parser.parse_args()
 
     import numpy as np
@@ -32,14 +39,8 @@ def main() -> int:
 
     from perchead.data.synth import SynthConfig, make_subject, subject_split
     from perchead.geometry import HEAD_CAMERA_FOV_DEG, HEAD_CAMERA_RADIUS, Cameras
-    from perchead.inference.pose import estimate_pose, pose_from_landmarks
-    from perchead.inference.pose_net import (
-        LANDMARK_MAX_YAW_DEG,
-        NET_PROFILE_YAW_DEG,
-        bundled_pose_net,
-        pose_from_net,
-        yaw_error,
-    )
+    from perchead.inference.pose import AGREEMENT_DEG, FRONTAL_TURN_DEG, estimate_pose, pose_from_landmarks
+    from perchead.inference.pose_net import bundled_pose_net, pose_from_net, yaw_error
     from perchead.io import to_uint8
     from perchead.preprocess.detect import face_mesh_landmarks
     from perchead.render import rasterize
@@ -48,13 +49,13 @@ def main() -> int:
         points = face_mesh_landmarks(np.ascontiguousarray(to_uint8(image.permute(1, 2, 0))))
         return None if points is None else pose_from_landmarks(points, image.shape[-1])
 
-    synth = SynthConfig(heads="symmetric")
+    synth = SynthConfig(heads=args.heads)
     indices = [i for i in range(1000) if subject_split(synth, i) == "test"][: args.subjects]
     net = bundled_pose_net()
-    rows, t_net, t_all = {y: {"lm": [], "net": [], "est": [], "methods": set()} for y in YAWS}, [], []
+    rows, t_net, t_all = {y: {"lm": [], "net": [], "est": [], "pitch": [], "methods": set()} for y in YAWS}, [], []
     for index in indices:
         subject = make_subject(synth, index)
-        cams = Cameras.orbit(list(YAWS), 0.0, HEAD_CAMERA_RADIUS, HEAD_CAMERA_FOV_DEG, args.size)
+        cams = Cameras.orbit(list(YAWS), args.pitch, HEAD_CAMERA_RADIUS, HEAD_CAMERA_FOV_DEG, args.size)
         with torch.no_grad():
             out = rasterize(subject.gaussians, cams.viewmats, cams.Ks, args.size, args.size, backend="cpu")
         for c, yaw in enumerate(YAWS):
@@ -70,22 +71,32 @@ def main() -> int:
             t_all.append(time.perf_counter() - t0)
             rows[yaw]["est"].append(float(yaw_error(pose.yaw_deg, yaw)))
             rows[yaw]["methods"].add(pose.method)
+            rows[yaw]["pitch"].append(abs(pose.pitch_deg - args.pitch))
 
     def cell(errors: list[float]) -> str:
         return f"{np.mean(errors):.1f} / {np.max(errors):.1f}" if errors else "-"
 
-    print(f"machine: {cpu_name()}, {torch.get_num_threads()} torch threads, Python {platform.python_version()}, "
-          f"torch {torch.__version__}")
-    print(f"settings: {len(indices)} test-split symmetric heads {indices}, {args.size} px, pitch 0; landmarks "
-          f"used up to a landmark yaw of {LANDMARK_MAX_YAW_DEG:g} degrees unless the pose net reads beyond "
-          f"{NET_PROFILE_YAW_DEG:g} on the same side")
+    import os
+
+    aten = os.environ.get("ATEN_CPU_CAPABILITY", "")
+    print(f"machine: {cpu_name()}, {torch.get_num_threads()} torch threads, torch CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()} (ATEN_CPU_CAPABILITY={aten!r}), Python "
+          f"{platform.python_version()}, torch {torch.__version__}")
+    print(f"settings: {len(indices)} test-split {args.heads} heads {indices}, {args.size} px, pitch {args.pitch:g}; "
+          f"the landmarks' weight falls as the more turned reading goes from {FRONTAL_TURN_DEG[0]:g} to "
+          f"{FRONTAL_TURN_DEG[1]:g} degrees, and near frontal rises from an even mean to 1 as the readings go "
+          f"from {AGREEMENT_DEG[0]:g} to {AGREEMENT_DEG[1]:g} degrees apart")
     print()
     print("| true yaw | Face Mesh finds the face | landmarks: error mean / max | pose net: mean / max | "
-          "estimate_pose: mean / max | its method |")
-    print("|---:|---:|---:|---:|---:|---|")
+          "estimate_pose: mean / max | its pitch error: mean / max | what it weighed |")
+    print("|---:|---:|---:|---:|---:|---:|---|")
     for yaw, r in rows.items():
         print(f"| {yaw:+.0f} | {len(r['lm'])}/{len(indices)} | {cell(r['lm'])} | {cell(r['net'])} | "
-              f"{cell(r['est'])} | {', '.join(sorted(r['methods']))} |")
+              f"{cell(r['est'])} | {cell(r['pitch'])} | {', '.join(sorted(r['methods']))} |")
+    worst = {yaw: max(r["est"]) for yaw, r in rows.items()}
+    near = max(v for y, v in worst.items() if abs(y) in (0.0, 30.0, 60.0))
+    far = max(v for y, v in worst.items() if abs(y) not in (0.0, 30.0, 60.0))
+    print(f"\nworst estimate_pose error: {near:.1f} degrees at 0, +-30, +-60; {far:.1f} at the other yaws")
     print()
     print(f"time per photo (median): pose net {1e3 * np.median(t_net):.1f} ms, estimate_pose (Face Mesh + PnP "
           f"or pose net) {1e3 * np.median(t_all):.1f} ms")

@@ -6,6 +6,8 @@ threshold below says what it was measured at.
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -23,7 +25,7 @@ from perchead.inference.fit import (
     mirror_viewmat,
     photo_colours,
 )
-from perchead.inference.pose import Pose, camera_K, estimate_pose
+from perchead.inference.pose import Pose, camera_K, estimate_pose, fuse
 from perchead.inference.pose_net import PoseNet, PoseNetConfig, bundled_pose_net, pose_from_net, yaw_error
 from perchead.inference.reconstruct import load_model
 from perchead.render import rasterize
@@ -181,28 +183,43 @@ def test_bad_fit_settings_are_refused(bad):
 # -- the input camera ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("yaw", [0.0, 30.0, -30.0, 60.0, -60.0])
 def test_estimated_pose_recovers_the_yaw(yaw):
-    """Held-out synthetic heads at 512 px, as the issue asks: the yaw within 5 degrees at 0, +-30 and +-60.
-    Up to 30 degrees Face Mesh + PnP answers (measured errors 0.4-3.3, pitch up to 6.6); at 60 the pose net
-    does (Face Mesh regresses a less turned face there, or finds none). The measured errors of each method
-    at every yaw are in docs/reconstruct.md."""
+    """Held-out synthetic heads at 512 px, as the issue asks: the yaw within 5 degrees at 0, +-30 and +-60, and
+    what a user gets is checked, not which reading won. Measured on these subjects (AMD Zen 4, 1 and 2 threads):
+    at most 2.1 degrees; over 14 held-out symmetric heads at pitch 0, at most 4.0 (benchmarks/bench_pose.py)."""
     for index in TEST_SUBJECTS:
         image, mask = synth_view(index, yaw, size=512)
         pose = estimate_pose(image, mask)
-        assert pose.method == ("landmarks" if abs(yaw) <= 30 else "pose_net"), (index, pose)
-        assert abs(pose.yaw_deg - yaw) < 5.0, (index, pose)
+        assert float(yaw_error(pose.yaw_deg, yaw)) < 5.0, (index, pose)
         assert abs(pose.pitch_deg) < 10.0, (index, pose)
 
 
 @pytest.mark.parametrize("yaw", [75.0, -75.0, 90.0, -135.0, 180.0])
-def test_pose_net_reads_profiles_and_backs(yaw):
-    """Where Face Mesh finds no face, or regresses a near-profile (75 degrees) to a less turned face, the
-    pose net answers. The bound (10 degrees) is looser than the
-    issue's 5 at 60 degrees: a back of a head shows little that fixes its yaw."""
+def test_estimated_pose_reads_profiles_and_backs(yaw):
+    """Where Face Mesh finds no face, or regresses a near-profile (75 degrees) to a less turned face, the pose
+    net's reading carries the estimate. The bound (10 degrees) is looser than the 5 near the face: a back of a
+    head shows little that fixes its yaw. Measured: at most 4.1 degrees on these subjects."""
     for index in TEST_SUBJECTS:
         image, mask = synth_view(index, yaw, size=256)
         pose = estimate_pose(image, mask)
-        assert pose.method == "pose_net", (index, pose)
         assert float(yaw_error(pose.yaw_deg, yaw)) < 10.0, (index, pose)
+
+
+def test_the_estimate_has_no_knife_edge():
+    """A hard switch at a landmark yaw of 40 answered 39.9 for a head turned 60 on one CPU (Face Mesh read 39.9,
+    the net 60) and 60 on another (Face Mesh read 40.1). The fused estimate moves smoothly with either reading,
+    follows the net when the head is turned, and follows Face Mesh on a near-frontal photo the net misreads."""
+    def yaw(lm: float, net: float) -> float:
+        return fuse(Pose(lm, 0.0, "landmarks", 0.9), net, 0.0).yaw_deg
+
+    assert abs(yaw(39.9, 60.0) - 60.0) < 0.5 and abs(yaw(40.1, 60.0) - 60.0) < 0.5
+    steps = [yaw(lm, 58.0) for lm in torch.linspace(20.0, 60.0, 401).tolist()]
+    assert max(abs(a - b) for a, b in itertools.pairwise(steps)) < 0.5  # 0.1 degree steps of the landmarks
+    steps = [yaw(30.0, net) for net in torch.linspace(0.0, 60.0, 601).tolist()]
+    assert max(abs(a - b) for a, b in itertools.pairwise(steps)) < 0.5
+    assert abs(yaw(-0.1, -13.8) - -0.1) < 1.0  # the astronaut: Face Mesh -0.1, the net -13.8
+    assert yaw(2.0, 4.0) == pytest.approx(3.0)  # near frontal and agreeing: the mean of the two
+    assert yaw(170.0, -170.0) == pytest.approx(-170.0)  # turned: the net, the short way round
+    assert fuse(None, 95.0, 3.0).yaw_deg == 95.0
 
 
 def test_pose_net_is_mirror_symmetric():

@@ -4,25 +4,30 @@ The network predicts the head in its canonical frame (face towards +z), but a ph
 input camera is modelled as the one the preprocessing crop and the training data assume -- an orbit camera at
 the standard radius and field of view looking at the head centre -- with an unknown yaw and pitch.
 
-:func:`estimate_pose` finds them in one of two ways:
+:func:`estimate_pose` reads them in two ways and weighs one against the other (:func:`fuse`):
 
-* ``landmarks`` (when MediaPipe Face Mesh finds the face and the landmark yaw is within
-  :data:`~perchead.inference.pose_net.LANDMARK_MAX_YAW_DEG`): its 478 landmarks are matched with a 3D model of
-  where they lie on a head in the canonical frame (``assets/face_landmarks_3d.npy``, built from train-split
-  synthetic heads by ``scripts/make_landmark_model.py``) and OpenCV's RANSAC PnP gives the camera; its centre's
-  direction is the yaw and pitch. Measured on held-out synthetic heads: within 5 degrees at 0 and +-30 degrees
-  of yaw on the subjects of tests/test_fit.py, 8.8 at most at +-30 over those of benchmarks/bench_pose.py.
-  Beyond ~45 degrees Face Mesh regresses a less turned face (47-62 at a true 60) or finds none.
-* ``pose_net`` (a turned head, a profile, the back of a head): the small CNN of
-  :mod:`perchead.inference.pose_net`, trained on synthetic renders from every side, reads yaw and pitch from
-  the matted photo.
+* ``landmarks``: MediaPipe Face Mesh's 478 landmarks matched with a 3D model of where they lie on a head in the
+  canonical frame (``assets/face_landmarks_3d.npy``, built from train-split synthetic heads by
+  ``scripts/make_landmark_model.py``); OpenCV's RANSAC PnP gives the camera, its centre's direction the yaw and
+  pitch. Face Mesh was trained on real faces, so on a real near-frontal photo it is the reading to trust; but
+  beyond ~30 degrees it regresses a less turned face (a true 60 read as 35-48, and the reading moves between
+  CPUs: 39.9 on one, 47 on another) or finds none.
+* ``pose_net``: the small CNN of :mod:`perchead.inference.pose_net`, trained on synthetic renders from every
+  side; it reads turned heads, profiles and backs, but has seen only procedural heads (on the astronaut it
+  reads -13.8 degrees where Face Mesh reads -0.1).
+
+There is no hard switch on one method's reading: near a threshold a switch turns a small change in a reading
+(another CPU, another photo) into a 20 degree jump. The landmarks' weight falls smoothly with how turned
+*either* method reads the head, and near frontal it rises from an even average (where the two agree) to the
+landmarks alone (where they disagree, which on a near-frontal photo means the net is out of its domain).
+benchmarks/bench_pose.py prints the error of each method and of the combination per true yaw.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +48,12 @@ class Pose:
     yaw_deg: float
     pitch_deg: float
     method: str = "frontal"
-    """landmarks | pose_net | frontal (not estimated: the standard camera) | given"""
+    """landmarks | pose_net | landmarks+pose_net (a weighted mean of the two) | frontal (not estimated: the
+    standard camera) | given"""
     loss: float = math.nan
-    """landmarks: the RANSAC inlier share (higher is better); pose_net: none"""
+    """landmarks: the RANSAC inlier share (higher is better); otherwise none"""
+    readings: dict[str, float] = field(default_factory=dict)
+    """what :func:`estimate_pose` weighed: each method's yaw and pitch and the landmarks' weight"""
 
     @property
     def viewmat(self) -> Tensor:
@@ -56,7 +64,8 @@ class Pose:
         return {"K": camera_K(size).tolist(), "viewmat": self.viewmat.tolist(), "width": size, "height": size,
                 "yaw_deg": round(self.yaw_deg, 3), "pitch_deg": round(self.pitch_deg, 3),
                 "radius_m": HEAD_CAMERA_RADIUS, "fov_deg": HEAD_CAMERA_FOV_DEG, "method": self.method,
-                "score": None if math.isnan(self.loss) else round(self.loss, 5)}
+                "score": None if math.isnan(self.loss) else round(self.loss, 5),
+                **{k: round(v, 3) for k, v in self.readings.items()}}
 
 
 def camera_K(size: int) -> Tensor:
@@ -105,23 +114,60 @@ def pose_from_landmarks(points: np.ndarray, size: int) -> Pose | None:
     return Pose(yaw, pitch, "landmarks", len(inliers) / len(points))
 
 
+FRONTAL_TURN_DEG = (20.0, 40.0)
+"""The landmarks' weight falls from full to none as the more turned of the two readings goes from 20 to 40
+degrees (benchmarks/bench_pose.py: Face Mesh + PnP errs up to 9-15 degrees at a true 30-40 and up to 67 at 50,
+the pose net 4-6 there)."""
+
+AGREEMENT_DEG = (8.0, 15.0)
+"""Near frontal, readings within 8 degrees of each other are averaged; from 15 degrees apart the landmarks
+alone count (the astronaut: Face Mesh -0.1, the net -13.8)."""
+
+
+def _falling(x: float, lo: float, hi: float) -> float:
+    """1 at x <= lo, 0 at x >= hi, a smoothstep between (no kink for a reading to sit on)."""
+    t = min(max((x - lo) / (hi - lo), 0.0), 1.0)
+    return 1.0 - t * t * (3.0 - 2.0 * t)
+
+
+def landmark_weight(landmark_yaw: float, net_yaw: float) -> float:
+    """How much of the landmarks' reading goes into the estimate (0..1); see :data:`FRONTAL_TURN_DEG` and
+    :data:`AGREEMENT_DEG`."""
+    from .pose_net import yaw_error
+
+    apart = float(yaw_error(landmark_yaw, net_yaw))
+    turn = max(abs(landmark_yaw), abs(net_yaw))
+    near_frontal = 0.5 + 0.5 * (1.0 - _falling(apart, *AGREEMENT_DEG))
+    return near_frontal * _falling(turn, *FRONTAL_TURN_DEG)
+
+
+def fuse(landmarks: Pose | None, net_yaw: float, net_pitch: float) -> Pose:
+    """The estimate from the two readings: the landmarks' (None where Face Mesh found no face) and the net's."""
+    readings = {"pose_net_yaw_deg": net_yaw, "pose_net_pitch_deg": net_pitch}
+    if landmarks is None:
+        return Pose(net_yaw, net_pitch, "pose_net", readings={**readings, "landmark_weight": 0.0})
+    w = landmark_weight(landmarks.yaw_deg, net_yaw)
+    readings.update(landmarks_yaw_deg=landmarks.yaw_deg, landmarks_pitch_deg=landmarks.pitch_deg,
+                    landmark_weight=w)
+    # Angles are mixed along the short way round (a back view's +179 and -179 are neighbours).
+    to_net = (net_yaw - landmarks.yaw_deg + 180.0) % 360.0 - 180.0
+    yaw = (landmarks.yaw_deg + (1.0 - w) * to_net + 180.0) % 360.0 - 180.0
+    pitch = w * landmarks.pitch_deg + (1.0 - w) * net_pitch
+    method = "landmarks" if w >= 0.999 else "pose_net" if w <= 0.001 else "landmarks+pose_net"
+    return Pose(yaw, pitch, method, landmarks.loss, readings)
+
+
 def estimate_pose(image: Tensor, mask: Tensor) -> Pose:
     """The input camera of ``image`` [3, S, S] (matted on white, in [0, 1]) with ``mask`` [1, S, S], relative
-    to the canonical head: from Face Mesh landmarks when it finds the face turned by at most
-    :data:`~perchead.inference.pose_net.LANDMARK_MAX_YAW_DEG`, else from the pose net (also when the pose net
-    reads a near-profile on the side the landmarks saw: :data:`~perchead.inference.pose_net.NET_PROFILE_YAW_DEG`)."""
+    to the canonical head: Face Mesh + PnP and the pose net, weighed by :func:`fuse`."""
     from ..preprocess.detect import face_mesh_landmarks
-    from .pose_net import LANDMARK_MAX_YAW_DEG, NET_PROFILE_YAW_DEG, pose_from_net
+    from .pose_net import pose_from_net
 
     net_yaw, net_pitch = pose_from_net(image, mask)
     points = face_mesh_landmarks(np.ascontiguousarray(to_uint8(image.permute(1, 2, 0))))
-    pose = None if points is None else pose_from_landmarks(points, image.shape[-1])
-    if pose is not None and abs(pose.yaw_deg) <= LANDMARK_MAX_YAW_DEG:
-        near_profile = abs(net_yaw) >= NET_PROFILE_YAW_DEG and net_yaw * pose.yaw_deg > 0
-        if not near_profile:
-            return pose
-    return Pose(net_yaw, net_pitch, "pose_net")
+    landmarks = None if points is None else pose_from_landmarks(points, image.shape[-1])
+    return fuse(landmarks, net_yaw, net_pitch)
 
 
-__all__ = ["LANDMARK_MODEL", "Pose", "camera_K", "estimate_pose", "landmark_model", "pose_from_landmarks",
-           "resize_to"]
+__all__ = ["AGREEMENT_DEG", "FRONTAL_TURN_DEG", "LANDMARK_MODEL", "Pose", "camera_K", "estimate_pose", "fuse",
+           "landmark_model", "landmark_weight", "pose_from_landmarks", "resize_to"]

@@ -1,11 +1,11 @@
 """A small CNN that reads the input camera's yaw and pitch from the matted photo (``assets/pose_net.safetensors``).
 
-Face Mesh + PnP is accurate on faces up to ~40 degrees of yaw, but beyond that Face Mesh regresses a less turned
-face (47-62 degrees at a true 60) or finds none, and the network's prediction from a turned photo is not
+Face Mesh + PnP is accurate on near-frontal faces, but beyond ~30 degrees of yaw Face Mesh regresses a less turned
+face (35-48 degrees at a true 60) or finds none, and the network's prediction from a turned photo is not
 accurate enough to render-and-compare against. Synthetic heads give exact yaws for free, so this net is trained
-on train-split renders of the project's generator from every side (``scripts/train_pose_net.py``) and used where
-the landmarks are not: beyond :data:`LANDMARK_MAX_YAW_DEG`, when no face is found, or when the net itself
-reads a near-profile (:data:`NET_PROFILE_YAW_DEG`).
+on train-split renders of the project's generator from every side (``scripts/train_pose_net.py``) and weighed
+against the landmarks by :func:`perchead.inference.pose.fuse`: alone where no face is found or the head is
+turned, in an average near frontal.
 
 Input: the matted photo on white and its alpha at :attr:`PoseNetConfig.size` px (4 channels). Output: (sin yaw,
 cos yaw, pitch / 30 degrees). The prediction is averaged with the mirrored photo's (yaw negated), which removes
@@ -133,14 +133,5 @@ def pose_from_net(image: Tensor, mask: Tensor, net: PoseNet | None = None) -> tu
     return float(yaw[0]), float(pitch[0])
 
 
-LANDMARK_MAX_YAW_DEG = 40.0
-"""Beyond this landmark yaw the pose net is used instead (benchmarks/bench_pose.py: Face Mesh + PnP errs 3.0
-degrees on average, 8.8 at most, at a true +-30, and 6 on average, 15 at most, at a true +-60)."""
-
-NET_PROFILE_YAW_DEG = 60.0
-"""Where the pose net reads a head turned beyond this, to the side the landmarks saw, it is trusted over them
-even below :data:`LANDMARK_MAX_YAW_DEG`: Face Mesh regresses some near-profiles (true 75) to 35-48 degrees,
-while the pose net's largest error there is 4 (benchmarks/bench_pose.py)."""
-
-__all__ = ["FORMAT", "LANDMARK_MAX_YAW_DEG", "NET_PROFILE_YAW_DEG", "POSE_NET", "PoseNet", "PoseNetConfig",
+__all__ = ["FORMAT", "POSE_NET", "PoseNet", "PoseNetConfig",
            "bundled_pose_net", "pose_from_net", "pose_input", "pose_targets", "yaw_error"]

@@ -27,8 +27,10 @@ from perchead.preprocess.detect import detect_faces
 from perchead.preprocess.io import oriented_to_raw_box
 from perchead.preprocess.matting import refine_mask
 
-# Measured by eye on skimage.data.astronaut() (512x512): top of the hair, chin, eye line.
+# Measured by eye on skimage.data.astronaut() (512x512): top of the hair, top of the forehead's skin under the
+# fringe (x = 225), chin, eye line.
 ASTRONAUT_HAIR_TOP_Y = 15
+ASTRONAUT_HAIRLINE_Y = 70
 ASTRONAUT_CHIN_Y = 177
 ASTRONAUT_FACE_CENTRE_X = 225
 
@@ -86,12 +88,20 @@ def test_astronaut_gives_centred_head_crop(astronaut_result):
     assert abs(cy - 256) < 0.2 * 512
     # The head box ends at the chin and reaches into the (voluminous) hair; the crop is 1.65x the head box
     # and holds the whole head with a margin above the hair and below the chin.
+    # Face Mesh landmarks move between CPUs (TFLite kernels), so each bound leaves >= 2x the measured error.
     hx0, hy0, hx1, hy1 = r.head_box
-    assert abs(hy1 - ASTRONAUT_CHIN_Y) < 12 and abs(hy0 - ASTRONAUT_HAIR_TOP_Y) < 20
-    assert abs((hx0 + hx1) / 2 - ASTRONAUT_FACE_CENTRE_X) < 10
+    assert abs(hy1 - ASTRONAUT_CHIN_Y) < 12  # measured 0.7 px (16x)
+    # The head box's top is a proportion of the face (eyes to mouth), so it lands inside the hair, not on its
+    # top: asserted as lying in the hair, a band 10 px above the hair's top to the hairline; measured 28.3 px,
+    # 3.5x inside the band's half-width from its centre (the old |hy0 - hair top| < 20 had 13.3 px: 1.5x).
+    assert ASTRONAUT_HAIR_TOP_Y - 10 < hy0 < ASTRONAUT_HAIRLINE_Y
+    assert abs((hx0 + hx1) / 2 - ASTRONAUT_FACE_CENTRE_X) < 10  # measured 0.03 px
     side = r.crop_box[2] - r.crop_box[0]
     assert side == pytest.approx(1.65 * (hy1 - hy0), rel=1e-6)
-    assert r.crop_box[1] < ASTRONAUT_HAIR_TOP_Y - 0.1 * side and r.crop_box[3] > ASTRONAUT_CHIN_Y + 0.1 * side
+    # The crop leaves room above the hair and below the chin. Its size is exact (the 1.65 above), so this tests
+    # where the detector put it; 5% of the side (12 px here) is room to spare without the 2x margin being
+    # eaten: measured 14.2% above the hair, 19.4% below the chin (2.8x, 3.9x; the old 10% left 1.4x).
+    assert r.crop_box[1] < ASTRONAUT_HAIR_TOP_Y - 0.05 * side and r.crop_box[3] > ASTRONAUT_CHIN_Y + 0.05 * side
     cam = input_camera(512)
     assert np.allclose(r.camera.Ks.numpy(), cam.Ks.numpy()) and r.camera.width == 512
 

@@ -74,8 +74,8 @@ def _bin_tiles(packed, extents, order, cam_starts, tile_size, tiles_x, tiles_y):
     """
     n_cams = cam_starts.shape[0] - 1
     n_tiles = tiles_x * tiles_y
-    counts = np.zeros(n_cams * n_tiles + 1, np.int64)
     rects = np.empty((order.shape[0], 4), np.int64)
+    n_cand = 0
     for c in range(n_cams):
         for k in range(cam_starts[c], cam_starts[c + 1]):
             g = order[k]
@@ -86,22 +86,32 @@ def _bin_tiles(packed, extents, order, cam_starts, tile_size, tiles_x, tiles_y):
             y0 = max(int(math.floor((my - extents[g, 1] - 1.5) / tile_size)), 0)
             y1 = min(int(math.floor((my + extents[g, 1] + 0.5) / tile_size)), tiles_y - 1)
             rects[k, 0], rects[k, 1], rects[k, 2], rects[k, 3] = x0, x1, y0, y1
-            for ty in range(y0, y1 + 1):
-                for tx in range(x0, x1 + 1):
-                    if _reaches(packed, extents, g, tx, ty, tile_size):
-                        counts[c * n_tiles + ty * tiles_x + tx + 1] += 1
-    offsets = np.cumsum(counts)
-    ids = np.empty(offsets[-1], np.int32)
-    fill = offsets[:-1].copy()
+            n_cand += max(0, x1 - x0 + 1) * max(0, y1 - y0 + 1)
+    # (tile, Gaussian) pairs in depth order, then a counting sort by tile keeps that order inside each list
+    pair_tile = np.empty(n_cand, np.int64)
+    pair_row = np.empty(n_cand, np.int32)
+    counts = np.zeros(n_cams * n_tiles + 1, np.int64)
+    m = 0
     for c in range(n_cams):
         for k in range(cam_starts[c], cam_starts[c + 1]):
             g = order[k]
-            for ty in range(rects[k, 2], rects[k, 3] + 1):
-                for tx in range(rects[k, 0], rects[k, 1] + 1):
-                    if _reaches(packed, extents, g, tx, ty, tile_size):
+            x0, x1, y0, y1 = rects[k, 0], rects[k, 1], rects[k, 2], rects[k, 3]
+            single = x0 == x1 and y0 == y1  # a one-tile box needs no test
+            for ty in range(y0, y1 + 1):
+                for tx in range(x0, x1 + 1):
+                    if single or _reaches(packed, extents, g, tx, ty, tile_size):
                         t = c * n_tiles + ty * tiles_x + tx
-                        ids[fill[t]] = g
-                        fill[t] += 1
+                        pair_tile[m] = t
+                        pair_row[m] = g
+                        counts[t + 1] += 1
+                        m += 1
+    offsets = np.cumsum(counts)
+    ids = np.empty(m, np.int32)
+    fill = offsets[:-1].copy()
+    for i in range(m):
+        t = pair_tile[i]
+        ids[fill[t]] = pair_row[i]
+        fill[t] += 1
     return offsets, ids
 
 
@@ -320,7 +330,7 @@ class _TileBins:
         # opacity-aware radius), and one below ALPHA_MIN nowhere. Binning to that smaller ellipse skips only
         # pixels the kernels would skip anyway, so images and gradients are unchanged; fitted heads, whose
         # densified children are faint, render faster.
-        opac = opacities.detach().cpu().double().numpy()
+        opac = opacities.detach().cpu().numpy().astype(np.float64)
         reach = np.minimum(SIGMA_CUTOFF, np.log(np.maximum(opac, 1e-30) / ALPHA_MIN))
         valid = proj.valid.detach().cpu().numpy().reshape(n_cams, n) & (reach >= 0.0)
         depths = proj.depths.detach().cpu().numpy().reshape(n_cams, n)
@@ -337,7 +347,7 @@ class _TileBins:
         # (1 + 1e-4): float rounding of the ratio must not cut a rim pixel; the box keeps its 1-px margin too
         shrink = np.tile(np.sqrt(np.clip(reach, 0.0, None) / SIGMA_CUTOFF) * (1.0 + 1e-4), n_cams)
         extents = np.empty((n_cams * n, 3), np.float64)
-        extents[:, :2] = proj.extents.detach().cpu().double().reshape(-1, 2).numpy() * shrink[:, None]
+        extents[:, :2] = proj.extents.detach().cpu().reshape(-1, 2).numpy() * shrink[:, None]
         extents[:, 2] = shrink
         self.packed = packed
         self.consts = np.array(_CONSTS, dtype)

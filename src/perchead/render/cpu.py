@@ -374,8 +374,6 @@ class _CompositeCPU(torch.autograd.Function):
         dtype = bins.packed.dtype
         n_feat = features.shape[-1]
         feats = _np(features.reshape(-1, n_feat), dtype)
-        if feats.shape[0] != bins.packed.shape[0]:  # one feature row per Gaussian, shared by the cameras
-            feats = np.ascontiguousarray(np.tile(feats, (bins.n_cams, 1)))
         c, h, w = bins.n_cams, bins.height, bins.width
         out_feat = np.zeros((c, h, w, n_feat), dtype)
         out_t = np.ones((c, h, w), dtype)
@@ -400,8 +398,7 @@ class _CompositeCPU(torch.autograd.Function):
         means_shape, conics_shape, feat_shape, opac_shape = ctx.shapes
         g = torch.from_numpy(g_params)
         g_opac = g[:, 5].reshape(c, -1).sum(0)  # opacity is shared by the cameras
-        g_feats = torch.from_numpy(g_feats).reshape(c, -1, feat_shape[-1])
-        g_feats = g_feats.reshape(feat_shape) if len(feat_shape) == 3 or c == 1 else g_feats.sum(0)
+        g_feats = torch.from_numpy(g_feats)
         return (g[:, 0:2].reshape(means_shape).to(ctx.device), g[:, 2:5].reshape(conics_shape).to(ctx.device),
                 g_feats.reshape(feat_shape).to(ctx.device), g_opac.reshape(opac_shape).to(ctx.device), None)
 
@@ -410,9 +407,12 @@ def composite_cpu(proj: Projected, features: Tensor, opacities: Tensor, width: i
                   tile_size: int = DEFAULT_TILE_SIZE) -> tuple[Tensor, Tensor]:
     """Same contract as :func:`perchead.render.reference.composite_reference`, fast.
 
-    ``proj`` may hold C cameras (fields [C, N, ...]) with features [C, N, F] (or [N, F] shared): the result
-    is then [C, H, W, F] and [C, H, W], all cameras composited in one parallel pass.
+    ``proj`` may hold C cameras (fields [C, N, ...]) with features [C, N, F]: the result is then
+    [C, H, W, F] and [C, H, W], all cameras composited in one parallel pass.
     """
+    if features.shape[:-1] != proj.means2d.shape[:-1]:
+        raise ValueError(f"features {tuple(features.shape)} must have one row per Gaussian and camera, like "
+                         f"means2d {tuple(proj.means2d.shape)}")
     dtype = np.float64 if proj.means2d.dtype == torch.float64 else np.float32
     bins = _TileBins(proj, opacities, width, height, tile_size, dtype)
     return _CompositeCPU.apply(proj.means2d, proj.conics, features, opacities, bins)

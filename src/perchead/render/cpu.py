@@ -141,11 +141,21 @@ def _reaches(packed, extents, g, tx, ty, tile_size):
     return best <= SIGMA_CUTOFF * shrink * shrink * 1.0001
 
 
+@njit(inline="always", cache=True)
+def _tile_pixels(tile, tiles_x, height, tile_size, pxs, pys):
+    """Camera and top-left pixel of (camera, tile) number ``tile``; fills its pixel centres (row-major)."""
+    n_tiles_cam = tiles_x * ((height + tile_size - 1) // tile_size)
+    cam, t = tile // n_tiles_cam, tile % n_tiles_cam
+    tx0, ty0 = (t % tiles_x) * tile_size, (t // tiles_x) * tile_size
+    for p in range(tile_size * tile_size):
+        pxs[p], pys[p] = tx0 + p % tile_size + 0.5, ty0 + p // tile_size + 0.5
+    return cam, tx0, ty0
+
+
 @njit(parallel=True, fastmath=_FAST, cache=True)
 def _forward(packed, k, offsets, ids, tile_order, width, height, tile_size, tiles_x, feats, n_threads,
              out_feat, out_t, out_n):
     zero, half, one, cut, amax, amin, tmin = k[0], k[1], k[2], k[3], k[4], k[5], k[6]
-    n_tiles_cam = tiles_x * ((height + tile_size - 1) // tile_size)
     n_feat = feats.shape[1]
     n_pix = tile_size * tile_size
     dtype = packed.dtype
@@ -160,12 +170,10 @@ def _forward(packed, k, offsets, ids, tile_order, width, height, tile_size, tile
         for i in range(th, tile_order.shape[0], n_threads):
             tile = tile_order[i]
             start, end = offsets[tile], offsets[tile + 1]
-            cam, t = tile // n_tiles_cam, tile % n_tiles_cam
-            tx0, ty0 = (t % tiles_x) * tile_size, (t // tiles_x) * tile_size
+            cam, tx0, ty0 = _tile_pixels(tile, tiles_x, height, tile_size, pxs, pys)
             n_live = 0
             for p in range(n_pix):
                 px, py = tx0 + p % tile_size, ty0 + p // tile_size
-                pxs[p], pys[p] = px + 0.5, py + 0.5
                 live[p] = px < width and py < height  # pixels past the image edge are never drawn
                 n_live += live[p]
                 trans[p] = one
@@ -217,7 +225,6 @@ def _backward(packed, k, offsets, ids, tile_order, width, height, tile_size, til
     zero, half, one, cut, amax, amin = k[0], k[1], k[2], k[3], k[4], k[5]
     n_rows = packed.shape[0]
     n_feat = feats.shape[1]
-    n_tiles_cam = tiles_x * ((height + tile_size - 1) // tile_size)
     n_pix = tile_size * tile_size
     dtype = packed.dtype
     # Per-thread gradient buffers, summed at the end: no atomics, and the result is deterministic.
@@ -238,12 +245,10 @@ def _backward(packed, k, offsets, ids, tile_order, width, height, tile_size, til
         for i in range(th, tile_order.shape[0], n_threads):
             tile = tile_order[i]
             start = offsets[tile]
-            cam, t = tile // n_tiles_cam, tile % n_tiles_cam
-            tx0, ty0 = (t % tiles_x) * tile_size, (t // tiles_x) * tile_size
+            cam, tx0, ty0 = _tile_pixels(tile, tiles_x, height, tile_size, pxs, pys)
             n_max = 0
             for p in range(n_pix):
                 px, py = tx0 + p % tile_size, ty0 + p // tile_size
-                pxs[p], pys[p] = px + 0.5, py + 0.5
                 if px < width and py < height:
                     trans[p] = out_t[cam, py, px]
                     ga_t[p] = grad_alpha[cam, py, px] * trans[p]

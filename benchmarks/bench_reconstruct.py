@@ -35,13 +35,21 @@ PHOTO = Path(__file__).resolve().parents[1] / "src" / "perchead" / "assets" / "e
 
 
 def cpu_name() -> str:
+    """CPU model and vector instruction set, e.g. "AMD EPYC (AVX-512 F/BW/DQ/VL, AVX2, FMA)": the numba
+    kernels are compiled for the host's widest vectors, so timings depend on both."""
+    model, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    avx512 = [f.removeprefix("avx512").upper() for f in ("avx512f", "avx512bw", "avx512dq", "avx512vl") if f in flags]
+    isa = ([f"AVX-512 {'/'.join(avx512)}"] if avx512 else []) + [name for flag, name in
+                                                                  (("avx2", "AVX2"), ("fma", "FMA")) if flag in flags]
+    return f"{model} ({', '.join(isa) or 'no AVX2'})" if flags else model
 
 
 def build_checkpoint(name: str, root: Path, trained_shp: bool) -> tuple[Path, Path | None]:

@@ -148,6 +148,24 @@ def test_tile_size_does_not_change_the_image():
                                atol=1e-6, rtol=0)
 
 
+def test_cameras_of_one_call_render_like_separate_calls():
+    """The cpu backend composites all cameras of a call in one pass; each image must be the single-camera one."""
+    g = random_gaussians(200, seed=6)
+    viewmats, Ks, w, h = _cams(size=30)
+    together = rasterize(g, viewmats, Ks, w, h, backend="cpu")
+    for c in range(len(viewmats)):
+        alone = rasterize(g, viewmats[c:c + 1], Ks[c:c + 1], w, h, backend="cpu")
+        torch.testing.assert_close(together.rgb[c:c + 1], alone.rgb, atol=0, rtol=0)
+        torch.testing.assert_close(together.depth[c:c + 1], alone.depth, atol=0, rtol=0)
+
+
+def test_bad_tile_size_is_refused():
+    g = random_gaussians(5)
+    viewmats, Ks, w, h = _cams(size=8)
+    with pytest.raises(ValueError, match="tile_size"):
+        rasterize(g, viewmats, Ks, w, h, backend="cpu", tile_size=0)
+
+
 def test_backend_choice():
     g = random_gaussians(5)
     viewmats, Ks, w, h = _cams(size=8)

@@ -4,13 +4,18 @@ Why numba: gsplat has no CPU path (its issue #635), pure-PyTorch windowed splatt
 train on, and numba compiles these loops to native, multi-threaded code at first use with no compiler or
 build step at install time (the compiled kernels are cached on disk).
 
-Pipeline for one camera:
-1. *bin*: sort the valid Gaussians by depth (stable), then append each one to the list of every tile its
-   3-sigma box touches, so every tile list is already front-to-back;
-2. *forward*: per pixel, walk its tile's list and composite (the rule in :mod:`perchead.render.project`),
-   keeping the final transmittance and how many list entries were consumed;
-3. *backward*: per pixel, walk the same entries back to front, recovering each transmittance from the final
-   one, and accumulate per-Gaussian gradients into per-thread buffers (no atomics, deterministic).
+Pipeline for C cameras at once:
+1. *bin*: per camera, sort the valid Gaussians by depth (stable), then append each one to the list of every
+   tile its ellipse reaches, so every tile list is already front-to-back;
+2. *forward*: per tile, walk its list once and composite each Gaussian into all the tile's pixels at a time
+   (the pixel loop is what the compiler vectorises: the tile's per-pixel state lives in small
+   structure-of-arrays buffers), keeping each pixel's final transmittance and how many list entries it
+   consumed; a tile stops as soon as all of its pixels are saturated;
+3. *backward*: per tile, walk the same entries back to front, recovering each pixel's transmittance from the
+   final one, sum each Gaussian's gradient over the tile's pixels and add it to a per-thread buffer (no
+   atomics, deterministic).
+
+Threads take (camera, tile) pairs, the costliest tiles first, so several views of one call share the cores.
 """
 
 from __future__ import annotations
@@ -25,161 +30,343 @@ from torch import Tensor
 
 from .project import ALPHA_MAX, ALPHA_MIN, SIGMA_CUTOFF, T_MIN, Projected
 
+# Tile side in pixels, measured with benchmarks/bench_render.py (docs/render.md): 8 beats 16 because the
+# heads' Gaussians are small, so a 16x16 tile spends most of each Gaussian's pixel loop outside its ellipse.
+DEFAULT_TILE_SIZE = 8
+
+# Reassociation lets the per-tile gradient sums vectorise and contraction allows FMAs; no "nnan"/"ninf":
+# masked-out lanes may hold inf, and the comparisons that mask them must stay exact.
+_FAST = {"reassoc", "contract", "nsz", "arcp"}
+
+# Per-Gaussian screen-space parameters, packed into one row so that a tile reads one cache line per entry.
+_MX, _MY, _CA, _CB, _CC, _OP = range(6)
+_PACK = 8
+
+
+# The kernels' constants, passed as an array of the kernels' dtype: numba types a Python float literal as
+# float64, and one float64 operand turns a float32 loop into a mixed-precision one that does not vectorise.
+_CONSTS = (0.0, 0.5, 1.0, SIGMA_CUTOFF, ALPHA_MAX, ALPHA_MIN, T_MIN,
+           -1.0 / 16.0, 1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 1.0 / 2.0)
+
+
+@njit(inline="always", fastmath=_FAST, cache=True)
+def _exp_neg(s, k):
+    """exp(-s) for s in [0, SIGMA_CUTOFF]: exp(-s/16)^16 with a degree-7 Taylor polynomial, which vectorises
+    (numba's math.exp is a scalar libm call without Intel's SVML). Relative error < 2e-6 in float32 (a few
+    ulp), ~1e-9 in float64."""
+    t = s * k[7]
+    one = k[2]
+    e = one + t * (one + t * (k[13] + t * (k[12] + t * (k[11] + t * (k[10] + t * (k[9] + t * k[8]))))))
+    e = e * e
+    e = e * e
+    e = e * e
+    return e * e
+
 
 @njit(cache=True)
-def _bin_tiles(means2d, extents, order, tile_size, tiles_x, tiles_y):
-    """Per-tile lists of Gaussian ids in front-to-back order (CSR: offsets[t]..offsets[t+1])."""
-    n = order.shape[0]
+def _bin_tiles(packed, extents, order, cam_starts, tile_size, tiles_x, tiles_y):
+    """Per-(camera, tile) lists of Gaussian rows in front-to-back order (CSR: offsets[t]..offsets[t+1]).
+
+    ``order`` holds each camera's valid rows of ``packed`` (row = camera * N + Gaussian), depth-sorted, camera
+    after camera; ``cam_starts[c]`` is where camera c's part begins. Tile t of camera c is c * n_tiles + t. A
+    tile of a Gaussian's box is skipped when the ellipse misses it: the minimum of the quadratic form over the
+    tile (with the box's margin) is above the cut-off.
+    """
+    n_cams = cam_starts.shape[0] - 1
     n_tiles = tiles_x * tiles_y
-    rects = np.empty((n, 4), np.int64)
-    counts = np.zeros(n_tiles + 1, np.int64)
-    for k in range(n):
-        g = order[k]
-        # Pixel u has its centre at u + 0.5; one extra pixel of margin absorbs float rounding at the rim.
-        x0 = max(int(math.floor((means2d[g, 0] - extents[g, 0] - 1.5) / tile_size)), 0)
-        x1 = min(int(math.floor((means2d[g, 0] + extents[g, 0] + 0.5) / tile_size)), tiles_x - 1)
-        y0 = max(int(math.floor((means2d[g, 1] - extents[g, 1] - 1.5) / tile_size)), 0)
-        y1 = min(int(math.floor((means2d[g, 1] + extents[g, 1] + 0.5) / tile_size)), tiles_y - 1)
-        rects[k, 0], rects[k, 1], rects[k, 2], rects[k, 3] = x0, x1, y0, y1
-        for ty in range(y0, y1 + 1):
-            for tx in range(x0, x1 + 1):
-                counts[ty * tiles_x + tx + 1] += 1
+    rects = np.empty((order.shape[0], 4), np.int64)
+    n_cand = 0
+    for c in range(n_cams):
+        for k in range(cam_starts[c], cam_starts[c + 1]):
+            g = order[k]
+            mx, my = packed[g, _MX], packed[g, _MY]
+            # Pixel u has its centre at u + 0.5; one extra pixel of margin absorbs float rounding at the rim.
+            x0 = max(int(math.floor((mx - extents[g, 0] - 1.5) / tile_size)), 0)
+            x1 = min(int(math.floor((mx + extents[g, 0] + 0.5) / tile_size)), tiles_x - 1)
+            y0 = max(int(math.floor((my - extents[g, 1] - 1.5) / tile_size)), 0)
+            y1 = min(int(math.floor((my + extents[g, 1] + 0.5) / tile_size)), tiles_y - 1)
+            rects[k, 0], rects[k, 1], rects[k, 2], rects[k, 3] = x0, x1, y0, y1
+            n_cand += max(0, x1 - x0 + 1) * max(0, y1 - y0 + 1)
+    # (tile, Gaussian) pairs in depth order, then a counting sort by tile keeps that order inside each list
+    pair_tile = np.empty(n_cand, np.int64)
+    pair_row = np.empty(n_cand, np.int32)
+    counts = np.zeros(n_cams * n_tiles + 1, np.int64)
+    m = 0
+    for c in range(n_cams):
+        for k in range(cam_starts[c], cam_starts[c + 1]):
+            g = order[k]
+            x0, x1, y0, y1 = rects[k, 0], rects[k, 1], rects[k, 2], rects[k, 3]
+            single = x0 == x1 and y0 == y1  # a one-tile box needs no test
+            for ty in range(y0, y1 + 1):
+                for tx in range(x0, x1 + 1):
+                    if single or _reaches(packed, extents, g, tx, ty, tile_size):
+                        t = c * n_tiles + ty * tiles_x + tx
+                        pair_tile[m] = t
+                        pair_row[m] = g
+                        counts[t + 1] += 1
+                        m += 1
     offsets = np.cumsum(counts)
-    ids = np.empty(offsets[-1], np.int32)
+    ids = np.empty(m, np.int32)
     fill = offsets[:-1].copy()
-    for k in range(n):
-        for ty in range(rects[k, 2], rects[k, 3] + 1):
-            for tx in range(rects[k, 0], rects[k, 1] + 1):
-                t = ty * tiles_x + tx
-                ids[fill[t]] = order[k]
-                fill[t] += 1
+    for i in range(m):
+        t = pair_tile[i]
+        ids[fill[t]] = pair_row[i]
+        fill[t] += 1
     return offsets, ids
 
 
-@njit(parallel=True, cache=True)
-def _forward(means2d, conics, feats, opac, offsets, ids, width, height, tile_size, tiles_x, n_threads,
+@njit(inline="always", cache=True)
+def _reaches(packed, extents, g, tx, ty, tile_size):
+    """Whether the ellipse of row g (its reach, scaled by extents' shrink) can touch a pixel centre of tile
+    (tx, ty): minimise 0.5 d^T conic d over the rectangle of the tile's pixel centres, widened by one pixel."""
+    mx, my = packed[g, _MX], packed[g, _MY]
+    a, b, c = packed[g, _CA], packed[g, _CB], packed[g, _CC]
+    # Widened by a pixel on every side: a conservative test, exactness stays with the kernels' own rule.
+    lx, hx = tx * tile_size - 0.5 - mx, tx * tile_size + tile_size + 0.5 - mx
+    ly, hy = ty * tile_size - 0.5 - my, ty * tile_size + tile_size + 0.5 - my
+    if lx <= 0.0 <= hx and ly <= 0.0 <= hy:
+        return True
+    # The minimum of a convex quadratic over a rectangle not containing its centre lies on an edge.
+    best = np.inf
+    for e in range(4):
+        if e < 2:  # vertical edge x = lx or hx: minimise over y
+            x = lx if e == 0 else hx
+            y = min(max(-b * x / c, ly), hy)
+        else:
+            y = ly if e == 2 else hy
+            x = min(max(-b * y / a, lx), hx)
+        best = min(best, 0.5 * (a * x * x + c * y * y) + b * x * y)
+    # The extents carry the opacity-aware shrink: compare against the same shrunken cut-off.
+    shrink = extents[g, 2]
+    return best <= SIGMA_CUTOFF * shrink * shrink * 1.0001
+
+
+@njit(inline="always", cache=True)
+def _tile_pixels(tile, tiles_x, height, tile_size, pxs, pys):
+    """Camera and top-left pixel of (camera, tile) number ``tile``; fills its pixel centres (row-major)."""
+    n_tiles_cam = tiles_x * ((height + tile_size - 1) // tile_size)
+    cam, t = tile // n_tiles_cam, tile % n_tiles_cam
+    tx0, ty0 = (t % tiles_x) * tile_size, (t // tiles_x) * tile_size
+    for p in range(tile_size * tile_size):
+        pxs[p], pys[p] = tx0 + p % tile_size + 0.5, ty0 + p // tile_size + 0.5
+    return cam, tx0, ty0
+
+
+@njit(parallel=True, fastmath=_FAST, cache=True)
+def _forward(packed, k, offsets, ids, tile_order, width, height, tile_size, tiles_x, feats, n_threads,
              out_feat, out_t, out_n):
-    n_tiles = offsets.shape[0] - 1
+    zero, half, one, cut, amax, amin, tmin = k[0], k[1], k[2], k[3], k[4], k[5], k[6]
     n_feat = feats.shape[1]
-    # Tiles are dealt round-robin to threads: a head sits mid-image, so contiguous halves would be unbalanced.
+    n_pix = tile_size * tile_size
+    dtype = packed.dtype
     for th in prange(n_threads):
-        for t in range(th, n_tiles, n_threads):
-            start, end = offsets[t], offsets[t + 1]
-            if start == end:
-                continue
-            tx0 = (t % tiles_x) * tile_size
-            ty0 = (t // tiles_x) * tile_size
-            for py in range(ty0, min(ty0 + tile_size, height)):
-                for px in range(tx0, min(tx0 + tile_size, width)):
-                    cx, cy = px + 0.5, py + 0.5
-                    trans = 1.0
-                    k = start
-                    while k < end:
-                        g = ids[k]
-                        dx = cx - means2d[g, 0]
-                        dy = cy - means2d[g, 1]
-                        sigma = 0.5 * (conics[g, 0] * dx * dx + conics[g, 2] * dy * dy) + conics[g, 1] * dx * dy
-                        if sigma >= 0.0 and sigma <= SIGMA_CUTOFF:
-                            alpha = min(ALPHA_MAX, opac[g] * math.exp(-sigma))
-                            if alpha >= ALPHA_MIN:
-                                next_t = trans * (1.0 - alpha)
-                                if next_t <= T_MIN:
-                                    break
-                                w = alpha * trans
-                                for f in range(n_feat):
-                                    out_feat[py, px, f] += w * feats[g, f]
-                                trans = next_t
-                        k += 1
-                    out_t[py, px] = trans
-                    out_n[py, px] = k - start
-
-
-@njit(parallel=True, cache=True)
-def _backward(means2d, conics, feats, opac, offsets, ids, width, height, tile_size, tiles_x, n_threads,
-              out_t, out_n, grad_feat, grad_alpha):
-    n = opac.shape[0]
-    n_feat = feats.shape[1]
-    n_tiles = offsets.shape[0] - 1
-    # Per-thread gradient buffers, summed at the end: no atomics, and the result is deterministic.
-    g_means = np.zeros((n_threads, n, 2), means2d.dtype)
-    g_conics = np.zeros((n_threads, n, 3), means2d.dtype)
-    g_feats = np.zeros((n_threads, n, n_feat), means2d.dtype)
-    g_opac = np.zeros((n_threads, n), means2d.dtype)
-    for th in prange(n_threads):
-        acc = np.empty(n_feat, means2d.dtype)
-        for t in range(th, n_tiles, n_threads):
-            start = offsets[t]
-            tx0 = (t % tiles_x) * tile_size
-            ty0 = (t // tiles_x) * tile_size
-            for py in range(ty0, min(ty0 + tile_size, height)):
-                for px in range(tx0, min(tx0 + tile_size, width)):
-                    count = out_n[py, px]
-                    if count == 0:
-                        continue
-                    cx, cy = px + 0.5, py + 0.5
-                    t_final = out_t[py, px]
-                    trans = t_final
-                    ga = grad_alpha[py, px]
+        pxs = np.empty(n_pix, dtype)
+        pys = np.empty(n_pix, dtype)
+        trans = np.empty(n_pix, dtype)
+        weight = np.empty(n_pix, dtype)
+        live = np.empty(n_pix, np.bool_)
+        used = np.empty(n_pix, np.int32)
+        acc = np.empty((n_feat, n_pix), dtype)
+        for i in range(th, tile_order.shape[0], n_threads):
+            tile = tile_order[i]
+            start, end = offsets[tile], offsets[tile + 1]
+            cam, tx0, ty0 = _tile_pixels(tile, tiles_x, height, tile_size, pxs, pys)
+            n_live = 0
+            for p in range(n_pix):
+                px, py = tx0 + p % tile_size, ty0 + p // tile_size
+                live[p] = px < width and py < height  # pixels past the image edge are never drawn
+                n_live += live[p]
+                trans[p] = one
+                used[p] = 0
+            acc[:] = zero
+            for j in range(start, end):
+                g = ids[j]
+                mx, my, a, b, c = packed[g, _MX], packed[g, _MY], packed[g, _CA], packed[g, _CB], packed[g, _CC]
+                opac = packed[g, _OP]
+                n_draw = 0
+                n_stop = 0
+                rank = j - start + 1
+                for p in range(n_pix):
+                    dx = pxs[p] - mx
+                    dy = pys[p] - my
+                    sigma = half * (a * dx * dx + c * dy * dy) + b * dx * dy
+                    alpha = min(amax, opac * _exp_neg(min(max(sigma, zero), cut), k))
+                    hit = live[p] and sigma >= zero and sigma <= cut and alpha >= amin
+                    t_old = trans[p]
+                    t_new = t_old * (one - alpha)
+                    stop = hit and t_new <= tmin
+                    draw = hit and not stop
+                    weight[p] = alpha * t_old if draw else zero
+                    trans[p] = t_new if draw else t_old
+                    used[p] = rank if draw else used[p]  # entries the backward must walk back over
+                    live[p] = live[p] and not stop
+                    n_draw += draw
+                    n_stop += stop
+                if n_draw > 0:
                     for f in range(n_feat):
-                        acc[f] = 0.0
-                    for k in range(start + count - 1, start - 1, -1):
-                        g = ids[k]
-                        dx = cx - means2d[g, 0]
-                        dy = cy - means2d[g, 1]
-                        a, b, c = conics[g, 0], conics[g, 1], conics[g, 2]
-                        sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
-                        if sigma < 0.0 or sigma > SIGMA_CUTOFF:
-                            continue
-                        gauss = math.exp(-sigma)
-                        raw = opac[g] * gauss
-                        alpha = min(ALPHA_MAX, raw)
-                        if alpha < ALPHA_MIN:
-                            continue
-                        one_minus = 1.0 - alpha
-                        trans = trans / one_minus  # transmittance in front of this Gaussian
-                        w = alpha * trans
-                        d_alpha = ga * t_final / one_minus
-                        for f in range(n_feat):
-                            gf = grad_feat[py, px, f]
-                            g_feats[th, g, f] += w * gf
-                            d_alpha += gf * (feats[g, f] * trans - acc[f] / one_minus)
-                            acc[f] += feats[g, f] * w
-                        if raw < ALPHA_MAX:  # the clamp at 0.99 has zero gradient
-                            g_opac[th, g] += d_alpha * gauss
-                            d_sigma = -d_alpha * alpha
-                            g_conics[th, g, 0] += 0.5 * d_sigma * dx * dx
-                            g_conics[th, g, 1] += d_sigma * dx * dy
-                            g_conics[th, g, 2] += 0.5 * d_sigma * dy * dy
-                            # d = pixel - mean, so d(sigma)/d(mean) = -conic @ d
-                            g_means[th, g, 0] -= d_sigma * (a * dx + b * dy)
-                            g_means[th, g, 1] -= d_sigma * (b * dx + c * dy)
-    return g_means.sum(axis=0), g_conics.sum(axis=0), g_feats.sum(axis=0), g_opac.sum(axis=0)
+                        v = feats[g, f]
+                        for p in range(n_pix):
+                            acc[f, p] += weight[p] * v
+                n_live -= n_stop
+                if n_live == 0:
+                    break  # every pixel of the tile is saturated
+            for p in range(n_pix):
+                px, py = tx0 + p % tile_size, ty0 + p // tile_size
+                if px < width and py < height:
+                    for f in range(n_feat):
+                        out_feat[cam, py, px, f] = acc[f, p]
+                    out_t[cam, py, px] = trans[p]
+                    out_n[cam, py, px] = used[p]
+
+
+@njit(parallel=True, fastmath=_FAST, cache=True)
+def _backward(packed, k, offsets, ids, tile_order, width, height, tile_size, tiles_x, feats, n_threads,
+              out_t, out_n, grad_feat, grad_alpha):
+    zero, half, one, cut, amax, amin = k[0], k[1], k[2], k[3], k[4], k[5]
+    n_rows = packed.shape[0]
+    n_feat = feats.shape[1]
+    n_pix = tile_size * tile_size
+    dtype = packed.dtype
+    # Per-thread gradient buffers, summed at the end: no atomics, and the result is deterministic.
+    g_params = np.zeros((n_threads, n_rows, 6), dtype)  # d/d(mean x, mean y, conic a, b, c, opacity)
+    g_feats = np.zeros((n_threads, n_rows, n_feat), dtype)
+    for th in prange(n_threads):
+        pxs = np.empty(n_pix, dtype)
+        pys = np.empty(n_pix, dtype)
+        trans = np.empty(n_pix, dtype)
+        ga_t = np.empty(n_pix, dtype)
+        used = np.zeros(n_pix, np.int32)
+        gf = np.zeros((n_feat, n_pix), dtype)
+        acc = np.empty((n_feat, n_pix), dtype)
+        weight = np.empty(n_pix, dtype)
+        inv_1m = np.empty(n_pix, dtype)
+        d_alpha = np.empty(n_pix, dtype)
+        gauss_live = np.empty(n_pix, dtype)
+        for i in range(th, tile_order.shape[0], n_threads):
+            tile = tile_order[i]
+            start = offsets[tile]
+            cam, tx0, ty0 = _tile_pixels(tile, tiles_x, height, tile_size, pxs, pys)
+            n_max = 0
+            for p in range(n_pix):
+                px, py = tx0 + p % tile_size, ty0 + p // tile_size
+                if px < width and py < height:
+                    trans[p] = out_t[cam, py, px]
+                    ga_t[p] = grad_alpha[cam, py, px] * trans[p]
+                    used[p] = out_n[cam, py, px]
+                    for f in range(n_feat):
+                        gf[f, p] = grad_feat[cam, py, px, f]
+                else:
+                    trans[p], ga_t[p], used[p] = one, zero, 0
+                n_max = max(n_max, used[p])
+            acc[:] = zero
+            for j in range(n_max - 1, -1, -1):
+                g = ids[start + j]
+                mx, my, a, b, c = packed[g, _MX], packed[g, _MY], packed[g, _CA], packed[g, _CB], packed[g, _CC]
+                opac = packed[g, _OP]
+                n_hit = 0
+                for p in range(n_pix):
+                    dx = pxs[p] - mx
+                    dy = pys[p] - my
+                    sigma = half * (a * dx * dx + c * dy * dy) + b * dx * dy
+                    gauss = _exp_neg(min(max(sigma, zero), cut), k)
+                    raw = opac * gauss
+                    alpha = min(amax, raw)
+                    hit = j < used[p] and sigma >= zero and sigma <= cut and alpha >= amin
+                    inv = one / (one - alpha)
+                    t_front = trans[p] * inv  # transmittance in front of this Gaussian
+                    trans[p] = t_front if hit else trans[p]
+                    weight[p] = alpha * t_front if hit else zero
+                    inv_1m[p] = inv if hit else zero
+                    d_alpha[p] = ga_t[p] * inv if hit else zero
+                    # the clamp at 0.99 has zero gradient, and so has every pixel this Gaussian did not reach
+                    gauss_live[p] = gauss if hit and raw < amax else zero
+                    n_hit += hit
+                if n_hit == 0:
+                    continue
+                for f in range(n_feat):
+                    v = feats[g, f]
+                    g_f = zero
+                    for p in range(n_pix):
+                        w = weight[p]
+                        g_f += w * gf[f, p]
+                        d_alpha[p] += gf[f, p] * (v * trans[p] - acc[f, p] * inv_1m[p])  # masked below
+                        acc[f, p] += v * w
+                    g_feats[th, g, f] += g_f
+                g_mx, g_my, g_a, g_b, g_c, g_o = zero, zero, zero, zero, zero, zero
+                for p in range(n_pix):
+                    dx = pxs[p] - mx
+                    dy = pys[p] - my
+                    da = d_alpha[p] * gauss_live[p]
+                    g_o += da
+                    d_sigma = -da * opac
+                    g_a += half * d_sigma * dx * dx
+                    g_b += d_sigma * dx * dy
+                    g_c += half * d_sigma * dy * dy
+                    # d = pixel - mean, so d(sigma)/d(mean) = -conic @ d
+                    g_mx -= d_sigma * (a * dx + b * dy)
+                    g_my -= d_sigma * (b * dx + c * dy)
+                g_params[th, g, 0] += g_mx
+                g_params[th, g, 1] += g_my
+                g_params[th, g, 2] += g_a
+                g_params[th, g, 3] += g_b
+                g_params[th, g, 4] += g_c
+                g_params[th, g, 5] += g_o
+    return g_params.sum(axis=0), g_feats.sum(axis=0)
 
 
 class _TileBins:
-    """The binning of one camera: shared by the forward and the backward pass."""
+    """The binning of C cameras: shared by the forward and the backward pass.
+
+    ``packed`` [C * N, 8] holds each (camera, Gaussian) row's mean, conic and opacity in the kernels' dtype.
+    """
 
     def __init__(self, proj: Projected, opacities: Tensor, width: int, height: int, tile_size: int,
                  dtype: np.dtype):
+        if tile_size < 1:
+            raise ValueError(f"tile_size must be a positive number of pixels, got {tile_size}")
         self.width, self.height, self.tile_size = width, height, tile_size
         self.tiles_x = (width + tile_size - 1) // tile_size
         self.tiles_y = (height + tile_size - 1) // tile_size
+        means2d = proj.means2d.detach().cpu().reshape(-1, proj.means2d.shape[-2], 2)
+        n_cams, n = means2d.shape[:2]
+        self.n_cams = n_cams
         # A pixel counts iff opacity * exp(-sigma) >= ALPHA_MIN and sigma <= SIGMA_CUTOFF, i.e. sigma <=
         # min(SIGMA_CUTOFF, ln(opacity / ALPHA_MIN)): a faint Gaussian reaches less far than 3 sigma (gsplat's
-        # opacity-aware radius), and one below ALPHA_MIN nowhere. Binning to that smaller box skips only
+        # opacity-aware radius), and one below ALPHA_MIN nowhere. Binning to that smaller ellipse skips only
         # pixels the kernels would skip anyway, so images and gradients are unchanged; fitted heads, whose
         # densified children are faint, render faster.
-        opac = opacities.detach().cpu().double().numpy()
+        opac = opacities.detach().cpu().numpy().astype(np.float64)
         reach = np.minimum(SIGMA_CUTOFF, np.log(np.maximum(opac, 1e-30) / ALPHA_MIN))
-        valid = proj.valid.detach().cpu().numpy() & (reach >= 0.0)
-        depths = proj.depths.detach().cpu().numpy()
-        idx = np.flatnonzero(valid)
-        order = idx[np.argsort(depths[idx], kind="stable")].astype(np.int64)
-        means2d = np.ascontiguousarray(proj.means2d.detach().cpu().numpy(), dtype=dtype)
+        valid = proj.valid.detach().cpu().numpy().reshape(n_cams, n) & (reach >= 0.0)
+        depths = proj.depths.detach().cpu().numpy().reshape(n_cams, n)
+        orders = []
+        for c in range(n_cams):
+            idx = np.flatnonzero(valid[c])
+            orders.append(c * n + idx[np.argsort(depths[c, idx], kind="stable")])
+        order = np.concatenate(orders).astype(np.int64)
+        cam_starts = np.cumsum([0] + [len(o) for o in orders]).astype(np.int64)
+        packed = np.zeros((n_cams * n, _PACK), dtype)
+        packed[:, _MX:_MY + 1] = means2d.reshape(-1, 2).numpy()
+        packed[:, _CA:_CC + 1] = proj.conics.detach().cpu().reshape(-1, 3).numpy()
+        packed[:, _OP] = np.tile(opacities.detach().cpu().numpy(), n_cams)
         # (1 + 1e-4): float rounding of the ratio must not cut a rim pixel; the box keeps its 1-px margin too
-        shrink = np.sqrt(np.clip(reach, 0.0, None) / SIGMA_CUTOFF) * (1.0 + 1e-4)
-        extents = np.ascontiguousarray(proj.extents.detach().cpu().double().numpy() * shrink[:, None], dtype=dtype)
-        self.offsets, self.ids = _bin_tiles(means2d, extents, order, tile_size, self.tiles_x, self.tiles_y)
+        shrink = np.tile(np.sqrt(np.clip(reach, 0.0, None) / SIGMA_CUTOFF) * (1.0 + 1e-4), n_cams)
+        extents = np.empty((n_cams * n, 3), np.float64)
+        extents[:, :2] = proj.extents.detach().cpu().reshape(-1, 2).numpy() * shrink[:, None]
+        extents[:, 2] = shrink
+        self.packed = packed
+        self.consts = np.array(_CONSTS, dtype)
+        self.offsets, self.ids = _bin_tiles(packed, extents, order, cam_starts, tile_size, self.tiles_x,
+                                            self.tiles_y)
+        # The longest lists first, dealt round-robin: threads finish together although a head's tiles cost
+        # from nothing (background) to thousands of entries (hair).
+        lengths = np.diff(self.offsets)
+        busy = np.flatnonzero(lengths)
+        self.tile_order = busy[np.argsort(-lengths[busy], kind="stable")].astype(np.int64)
+
+    def kernel_args(self) -> tuple:
+        return (self.packed, self.consts, self.offsets, self.ids, self.tile_order, self.width, self.height,
+                self.tile_size, self.tiles_x)
 
 
 def _np(t: Tensor, dtype) -> np.ndarray:
@@ -189,35 +376,48 @@ def _np(t: Tensor, dtype) -> np.ndarray:
 class _CompositeCPU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means2d, conics, features, opacities, bins: _TileBins):
-        dtype = np.float64 if means2d.dtype == torch.float64 else np.float32
-        arrays = (_np(means2d, dtype), _np(conics, dtype), _np(features, dtype), _np(opacities, dtype))
-        h, w = bins.height, bins.width
-        out_feat = np.zeros((h, w, features.shape[1]), dtype)
-        out_t = np.ones((h, w), dtype)
-        out_n = np.zeros((h, w), np.int32)
-        n_threads = numba.get_num_threads()
-        _forward(*arrays, bins.offsets, bins.ids, w, h, bins.tile_size, bins.tiles_x, n_threads,
-                 out_feat, out_t, out_n)
-        ctx.arrays, ctx.bins, ctx.out_t, ctx.out_n = arrays, bins, out_t, out_n
+        dtype = bins.packed.dtype
+        n_feat = features.shape[-1]
+        feats = _np(features.reshape(-1, n_feat), dtype)
+        c, h, w = bins.n_cams, bins.height, bins.width
+        out_feat = np.zeros((c, h, w, n_feat), dtype)
+        out_t = np.ones((c, h, w), dtype)
+        out_n = np.zeros((c, h, w), np.int32)
+        _forward(*bins.kernel_args(), feats, numba.get_num_threads(), out_feat, out_t, out_n)
+        ctx.feats, ctx.bins, ctx.out_t, ctx.out_n = feats, bins, out_t, out_n
+        ctx.shapes = (means2d.shape, conics.shape, features.shape, opacities.shape)
         ctx.device = means2d.device
-        feat = torch.from_numpy(out_feat).to(means2d.device)
-        alpha = torch.from_numpy(1.0 - out_t).to(means2d.device)
+        lead = means2d.shape[:-2]  # () for one camera, (C,) for several
+        feat = torch.from_numpy(out_feat.reshape(*lead, h, w, n_feat)).to(means2d.device)
+        alpha = torch.from_numpy((1.0 - out_t).reshape(*lead, h, w)).to(means2d.device)
         return feat, alpha
 
     @staticmethod
     def backward(ctx, grad_feat, grad_alpha):
         bins = ctx.bins
-        dtype = ctx.arrays[0].dtype
-        grads = _backward(*ctx.arrays, bins.offsets, bins.ids, bins.width, bins.height, bins.tile_size,
-                          bins.tiles_x, numba.get_num_threads(), ctx.out_t, ctx.out_n,
-                          _np(grad_feat, dtype), _np(grad_alpha, dtype))
-        g_means, g_conics, g_feats, g_opac = (torch.from_numpy(g).to(ctx.device) for g in grads)
-        return g_means, g_conics, g_feats, g_opac, None
+        dtype = bins.packed.dtype
+        c, h, w = bins.n_cams, bins.height, bins.width
+        g_params, g_feats = _backward(
+            *bins.kernel_args(), ctx.feats, numba.get_num_threads(), ctx.out_t, ctx.out_n,
+            _np(grad_feat, dtype).reshape(c, h, w, -1), _np(grad_alpha, dtype).reshape(c, h, w))
+        means_shape, conics_shape, feat_shape, opac_shape = ctx.shapes
+        g = torch.from_numpy(g_params)
+        g_opac = g[:, 5].reshape(c, -1).sum(0)  # opacity is shared by the cameras
+        g_feats = torch.from_numpy(g_feats)
+        return (g[:, 0:2].reshape(means_shape).to(ctx.device), g[:, 2:5].reshape(conics_shape).to(ctx.device),
+                g_feats.reshape(feat_shape).to(ctx.device), g_opac.reshape(opac_shape).to(ctx.device), None)
 
 
 def composite_cpu(proj: Projected, features: Tensor, opacities: Tensor, width: int, height: int,
-                  tile_size: int = 8) -> tuple[Tensor, Tensor]:
-    """Same contract as :func:`perchead.render.reference.composite_reference`, fast."""
+                  tile_size: int = DEFAULT_TILE_SIZE) -> tuple[Tensor, Tensor]:
+    """Same contract as :func:`perchead.render.reference.composite_reference`, fast.
+
+    ``proj`` may hold C cameras (fields [C, N, ...]) with features [C, N, F]: the result is then
+    [C, H, W, F] and [C, H, W], all cameras composited in one parallel pass.
+    """
+    if features.shape[:-1] != proj.means2d.shape[:-1]:
+        raise ValueError(f"features {tuple(features.shape)} must have one row per Gaussian and camera, like "
+                         f"means2d {tuple(proj.means2d.shape)}")
     dtype = np.float64 if proj.means2d.dtype == torch.float64 else np.float32
     bins = _TileBins(proj, opacities, width, height, tile_size, dtype)
     return _CompositeCPU.apply(proj.means2d, proj.conics, features, opacities, bins)

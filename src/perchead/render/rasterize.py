@@ -16,7 +16,7 @@ faint (< 1.2% alpha) fringe between the 3-sigma ellipse and its bounding box.
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 import torch
@@ -24,8 +24,8 @@ from torch import Tensor
 
 from ..geometry.cameras import camera_centers
 from ..geometry.gaussians import Gaussians
-from .cpu import composite_cpu
-from .project import project
+from .cpu import DEFAULT_TILE_SIZE, composite_cpu
+from .project import Projected, project
 from .reference import composite_reference
 
 Backend = Literal["auto", "reference", "cpu", "gsplat"]
@@ -67,7 +67,7 @@ def _background(background: Tensor | float | tuple | None, like: Tensor) -> Tens
 def rasterize(gaussians: Gaussians, viewmats: Tensor, Ks: Tensor, width: int, height: int,
               background: Tensor | float | tuple | None = None, backend: Backend = "auto",
               near: float = 0.01, far: float = 1e10, eps2d: float = 0.3, check_finite: bool = True,
-              tile_size: int = 8) -> RenderOutput:
+              tile_size: int = DEFAULT_TILE_SIZE) -> RenderOutput:
     """Render Gaussians from C cameras, differentiably with respect to every Gaussian parameter.
 
     Args:
@@ -123,7 +123,7 @@ def rasterize(gaussians: Gaussians, viewmats: Tensor, Ks: Tensor, width: int, he
 
 def render_features(gaussians: Gaussians, features: Tensor, viewmats: Tensor, Ks: Tensor, width: int, height: int,
                     backend: Backend = "auto", near: float = 0.01, far: float = 1e10, eps2d: float = 0.3,
-                    tile_size: int = 8) -> tuple[Tensor, Tensor]:
+                    tile_size: int = DEFAULT_TILE_SIZE) -> tuple[Tensor, Tensor]:
     """Composite arbitrary per-Gaussian features (labels, latent codes, colours without SH) instead of RGB.
 
     ``features`` is [N, F] or per camera [C, N, F]. Returns the premultiplied features [C, H, W, F]
@@ -140,14 +140,16 @@ def render_features(gaussians: Gaussians, features: Tensor, viewmats: Tensor, Ks
     if features.ndim == 2:
         features = features.expand(len(viewmats), *features.shape)
     opacities, scales = gaussians.opacities, gaussians.scales
+    projs = [project(gaussians.means, gaussians.quats, scales, viewmats[c], Ks[c], width, height, near, far, eps2d)
+             for c in range(len(viewmats))]
+    if which == "cpu":
+        # One call for all cameras: the kernels share the cores across the views' tiles.
+        stacked = Projected(*(torch.stack([getattr(p, f.name) for p in projs]) for f in fields(Projected)))
+        feat, alpha = composite_cpu(stacked, features, opacities, width, height, tile_size)
+        return feat, alpha.unsqueeze(-1)
     feats, alphas = [], []
-    for c in range(len(viewmats)):
-        proj = project(gaussians.means, gaussians.quats, scales, viewmats[c], Ks[c], width, height, near, far,
-                       eps2d)
-        if which == "reference":
-            feat, alpha = composite_reference(proj, features[c], opacities, width, height)
-        else:
-            feat, alpha = composite_cpu(proj, features[c], opacities, width, height, tile_size)
+    for c, proj in enumerate(projs):
+        feat, alpha = composite_reference(proj, features[c], opacities, width, height)
         feats.append(feat)
         alphas.append(alpha.unsqueeze(-1))
     return torch.stack(feats), torch.stack(alphas)

@@ -8,6 +8,12 @@ decoder 2 layers of width 96: minutes on one CPU thread) with the same data, ste
 then is measured on HELDOUT by perchead.eval.reads_input (back and profile views only) and diagnosed
 (attention entropy, colour spread, gradient norms: scripts/reads_input_study.py). One JSON line per
 variant goes to DIR/results.jsonl. Variants are names from VARIANTS below.
+
+    python scripts/reads_input_experiments.py --two-heads VARIANT [VARIANT ...]
+
+The controlled check of tests/test_model_reads_input.py instead (no data needed): a smaller network trained 30
+steps on a dark- and a light-haired head (perchead.train.testing.train_two_heads); prints each variant's back
+colours and their RGB distance (the truths': 1.20).
 """
 
 from __future__ import annotations
@@ -46,6 +52,16 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
 }
 
 
+def diagnose(model: PercHead, data: Path) -> dict:
+    """scripts/reads_input_study.py's diagnostics (scripts/ is not a package: loaded by path)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reads_input_study", Path(__file__).with_name("reads_input_study.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.diagnose(model, data)
+
+
 def run(name: str, args: argparse.Namespace) -> dict:
     model_over, optim_over = VARIANTS[name]
     out = args.out / name
@@ -61,8 +77,6 @@ def run(name: str, args: argparse.Namespace) -> dict:
     seconds = time.time() - t0
     model = PercHead.from_pretrained(read_latest(out / "checkpoints")).eval()
     torch.manual_seed(0)
-    from scripts_reads_input_study import diagnose  # noqa: PLC0415 -- sibling script, see main()
-
     res = measure({"model": model}, args.heldout, views="colour")
     rows = {(r["view"], r["cls"], r["method"]): r for r in res.colour_summary}
     psnr = {}
@@ -86,26 +100,38 @@ def run(name: str, args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    import sys
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("variants", nargs="+", choices=sorted(VARIANTS))
-    ap.add_argument("--train", type=Path, required=True)
-    ap.add_argument("--heldout", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--two-heads", action="store_true", help="the two-head check instead of a training run")
+    ap.add_argument("--at-init", action="store_true",
+                    help="only the diagnostics of each variant's untrained network on --heldout (seed 0)")
+    ap.add_argument("--train", type=Path)
+    ap.add_argument("--heldout", type=Path)
+    ap.add_argument("--out", type=Path)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-3)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    # The diagnostics live in the sibling script; import it by path (scripts/ is not a package).
-    import importlib.util
+    if args.two_heads:
+        from perchead.train.testing import train_two_heads
 
-    spec = importlib.util.spec_from_file_location("scripts_reads_input_study",
-                                                  Path(__file__).with_name("reads_input_study.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    sys.modules["scripts_reads_input_study"] = module
+        for name in args.variants:
+            model_over, _ = VARIANTS[name]
+            colours, truth_gap = train_two_heads(**model_over)
+            print(json.dumps({"variant": name, "back_rgb": [[round(x, 3) for x in c] for c in colours.tolist()],
+                              "gap": round(float((colours[0] - colours[1]).norm()), 3),
+                              "truth_gap": round(truth_gap, 3)}), flush=True)
+        return
+    if args.at_init:
+        for name in args.variants:
+            model_over, _ = VARIANTS[name]
+            torch.manual_seed(0)
+            model = PercHead(preset("tiny", **{**SMALL, **model_over}))
+            print(json.dumps({"variant": name, "at_init": True, **diagnose(model, args.heldout)}), flush=True)
+        return
+    if args.train is None or args.heldout is None or args.out is None:
+        ap.error("--train, --heldout and --out are needed (or --two-heads)")
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.variants:
         run(name, args)

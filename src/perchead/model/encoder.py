@@ -151,7 +151,10 @@ class PatchStatsBranch(nn.Module):
         -> [B, P, out_dim], P row-major."""
         g = self.grid
         mean = self._weighted_mean(rgb, mask, g)
-        var = (self._weighted_mean(rgb * rgb, mask, g) - mean * mean).clamp_min(0.0)
+        # Deviations from the patch's own mean (not E[x^2] - E[x]^2, whose rounding the sqrt would amplify).
+        p = self.patch_size
+        centred = rgb - mean.repeat_interleave(p, -1).repeat_interleave(p, -2)
+        var = self._weighted_mean(centred * centred, mask, g)
         sub = self._weighted_mean(rgb, mask, 2 * g)  # [B, 3, 2g, 2g]
         sub = sub.view(rgb.shape[0], 3, g, 2, g, 2).permute(0, 1, 3, 5, 2, 4).reshape(rgb.shape[0], 12, g, g)
         frac = F.adaptive_avg_pool2d(mask, g)

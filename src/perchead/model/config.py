@@ -59,6 +59,16 @@ class ModelConfig:
     vit_heads: int = 12
     # -- fusion: F2D = MLP(concat per patch) ------------------------------------------------------------
     f2d_width: int = 1024
+    stats_branch: bool = False
+    """a training-free third branch (perchead.model.encoder.PatchStatsBranch): per patch, the colour statistics
+    of its foreground pixels and Fourier features of its position, concatenated before the fusion MLP. Needs
+    no weights, so it stands in for the frozen DINOv2 where none exist and gives the decoder the colours to
+    copy from the first step (issue 27)"""
+    stats_freqs: int = 4
+    """Fourier bands of the patch-centre features of the stats branch"""
+    global_token: bool = False
+    """append one image-level token (the fusion MLP applied to the mean of the foreground patches' features)
+    to the 2D tokens the template decoder attends to"""
     # -- template and 3D tokens -------------------------------------------------------------------------
     template: str = "builtin"
     """Where the template came from ("builtin", or "flame:<file name>"); the template itself lives in the
@@ -75,6 +85,14 @@ class ModelConfig:
     heads: int = 16
     layers: int = 10
     mlp_ratio: float = 4.0
+    qk_norm: bool = False
+    """LayerNorm on each head's queries and keys in the decoder's cross-attention (ViT-22B style), so the
+    attention logits are not tied to the size of the image tokens (issue 27)"""
+    attn_init: Literal["small", "xavier"] = "small"
+    """initial weights of the decoder's cross-attention projections (q, kv, out): "small" = ViT-style
+    truncated normal (std 0.02) like every other layer; "xavier" = Xavier-uniform, so what a 3D token reads
+    from the image starts at the size of the token itself instead of ~1e-3 of it (issue 27: with "small" the
+    encoder's gradients start ~10^4 times smaller than the heads')"""
     # -- Gaussian heads ---------------------------------------------------------------------------------
     gaussian_latent: int = 64
     """Channels per Gaussian after PixelShuffle(4) (each token -> 16 latents)."""
@@ -115,6 +133,10 @@ class ModelConfig:
             problems.append(f"lifting_depth {self.lifting_depth} must be > 0")
         if not 0.0 < self.opacity_init < 1.0:
             problems.append(f"opacity_init {self.opacity_init} must be in (0, 1)")
+        if self.attn_init not in ("small", "xavier"):
+            problems.append(f"attn_init {self.attn_init!r} is not 'small' or 'xavier'")
+        if self.stats_freqs < 0:
+            problems.append(f"stats_freqs {self.stats_freqs} must be >= 0")
         if problems:
             raise ValueError("invalid ModelConfig: " + "; ".join(problems))
 

@@ -36,11 +36,11 @@ class TokenEmbedding(nn.Module):
 
 
 class CrossAttentionLayer(nn.Module):
-    def __init__(self, width: int, heads: int, context_dim: int, mlp_ratio: float) -> None:
+    def __init__(self, width: int, heads: int, context_dim: int, mlp_ratio: float, qk_norm: bool = False) -> None:
         super().__init__()
         self.norm_q = nn.LayerNorm(width)
         self.norm_ctx = nn.LayerNorm(context_dim)
-        self.attn = Attention(width, heads, context_dim)
+        self.attn = Attention(width, heads, context_dim, qk_norm)
         self.norm_mlp = nn.LayerNorm(width)
         self.mlp = Mlp(width, int(width * mlp_ratio))
 
@@ -53,10 +53,15 @@ class Decoder(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.embed = TokenEmbedding(cfg)
-        self.layers = nn.ModuleList(CrossAttentionLayer(cfg.width, cfg.heads, cfg.f2d_width, cfg.mlp_ratio)
+        self.layers = nn.ModuleList(CrossAttentionLayer(cfg.width, cfg.heads, cfg.f2d_width, cfg.mlp_ratio,
+                                                        cfg.qk_norm)
                                     for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.width)
         self.apply(init_linear)
+        if cfg.attn_init == "xavier":
+            for layer in self.layers:
+                for lin in (layer.attn.q, layer.attn.kv, layer.attn.out):
+                    nn.init.xavier_uniform_(lin.weight)
 
     def forward(self, f2d: Tensor, key_mask: Tensor | None, tokens: Tensor) -> Tensor:
         """f2d [B, M, C2d], key_mask [B, M] (True = real token), initial tokens [T, W] or [B, T, W]
@@ -65,3 +70,12 @@ class Decoder(nn.Module):
         for layer in self.layers:
             f = layer(f, f2d, key_mask)
         return self.norm(f)
+
+    def attention_maps(self, f2d: Tensor, key_mask: Tensor | None, tokens: Tensor) -> list[Tensor]:
+        """Per layer, [B, heads, T, M] the attention of every 3D token over the 2D tokens (diagnostics)."""
+        f = tokens.expand(f2d.shape[0], *tokens.shape[-2:]) if tokens.ndim == 2 else tokens
+        maps = []
+        for layer in self.layers:
+            maps.append(layer.attn.weights(layer.norm_q(f), layer.norm_ctx(f2d), key_mask))
+            f = layer(f, f2d, key_mask)
+        return maps

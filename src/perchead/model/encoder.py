@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import DINOV2_ARCHS, ModelConfig
-from .layers import SelfAttentionBlock, init_linear
+from .layers import SelfAttentionBlock, fourier_features, init_linear
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -30,6 +30,7 @@ class ImageTokens:
     tokens: Tensor  # [B, M, C] F2D
     valid: Tensor  # [B, M] bool, False for padding
     patch_index: Tensor  # [B, M] long, row-major index into the patch grid (padding: arbitrary)
+    global_token: Tensor | None = None  # [B, 1, C] image-level token (config global_token), always valid
 
 
 # -- DINOv2 ------------------------------------------------------------------------------------------------
@@ -114,6 +115,54 @@ class DinoBranch(nn.Module):
             return torch.cat(feats, dim=-1)
 
 
+# -- training-free branch ---------------------------------------------------------------------------------
+class PatchStatsBranch(nn.Module):
+    """Fixed per-patch features with no weights: what a patch looks like and where it is.
+
+    Per patch: mean and standard deviation of the RGB of its foreground pixels, the mean RGB of each of its
+    2x2 sub-cells (mask-weighted), its foreground fraction, and Fourier features of its centre in [-1, 1]^2.
+    Colours are mapped to [-1, 1]. A pure function of the composited image and the mask: deterministic and
+    nothing to download, so every preset keeps two branches (the DINOv2 branch's role where no DINOv2
+    weights exist). It hands the decoder the input's colours at each position directly, which a trainable ViT
+    must otherwise learn to pass through (issue 27).
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.patch_size = cfg.patch_size
+        self.grid = cfg.patch_grid
+        self.num_freqs = cfg.stats_freqs
+        self.out_dim = 3 + 3 + 12 + 1 + 2 * (1 + 2 * cfg.stats_freqs)
+        centres = (torch.arange(self.grid, dtype=torch.float32) + 0.5) / self.grid * 2.0 - 1.0
+        yy, xx = torch.meshgrid(centres, centres, indexing="ij")
+        self.register_buffer("centres", torch.stack([xx, yy], -1).reshape(-1, 2), persistent=False)
+
+    @staticmethod
+    def _weighted_mean(x: Tensor, w: Tensor, size: int) -> Tensor:
+        """Mask-weighted mean of ``x`` over the cells of a ``size`` x ``size`` grid; plain mean where a cell
+        has no foreground (such patches are dropped later, this only keeps the numbers finite)."""
+        num = F.adaptive_avg_pool2d(x * w, size)
+        den = F.adaptive_avg_pool2d(w, size)
+        plain = F.adaptive_avg_pool2d(x, size)
+        return torch.where(den > 1e-6, num / den.clamp_min(1e-6), plain)
+
+    def forward(self, rgb: Tensor, mask: Tensor) -> Tensor:
+        """rgb [B, 3, S', S'] composited in [0, 1], mask [B, 1, S', S'] (both padded to whole patches)
+        -> [B, P, out_dim], P row-major."""
+        g = self.grid
+        mean = self._weighted_mean(rgb, mask, g)
+        # Deviations from the patch's own mean (not E[x^2] - E[x]^2, whose rounding the sqrt would amplify).
+        p = self.patch_size
+        centred = rgb - mean.repeat_interleave(p, -1).repeat_interleave(p, -2)
+        var = self._weighted_mean(centred * centred, mask, g)
+        sub = self._weighted_mean(rgb, mask, 2 * g)  # [B, 3, 2g, 2g]
+        sub = sub.view(rgb.shape[0], 3, g, 2, g, 2).permute(0, 1, 3, 5, 2, 4).reshape(rgb.shape[0], 12, g, g)
+        frac = F.adaptive_avg_pool2d(mask, g)
+        feats = torch.cat([mean * 2 - 1, var.sqrt() * 2, sub * 2 - 1, frac * 2 - 1], 1).flatten(2).transpose(1, 2)
+        pos = fourier_features(self.centres.to(rgb.dtype), self.num_freqs)
+        return torch.cat([feats, pos.expand(rgb.shape[0], -1, -1)], -1)
+
+
 # -- trainable ViT -------------------------------------------------------------------------------------------
 class PatchViT(nn.Module):
     """Plain pre-norm ViT on the foreground patches only (padding masked in self-attention)."""
@@ -148,6 +197,10 @@ class ImageEncoder(nn.Module):
             self.dino = DinoBranch(dino if dino is not None else load_dinov2(cfg.dino), cfg.dino_layers,
                                    cfg.patch_size)
             in_dim += self.dino.out_dim
+        self.stats: PatchStatsBranch | None = None
+        if cfg.stats_branch:
+            self.stats = PatchStatsBranch(cfg)
+            in_dim += self.stats.out_dim
         self.fuse = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, cfg.f2d_width), nn.GELU(),
                                   nn.Linear(cfg.f2d_width, cfg.f2d_width), nn.LayerNorm(cfg.f2d_width))
         self.vit.blocks.apply(init_linear)
@@ -195,5 +248,15 @@ class ImageEncoder(nn.Module):
         if self.dino is not None:
             d = self.dino(pixels)
             feats.append(torch.gather(d, 1, index[..., None].expand(-1, -1, d.shape[-1])))
-        tokens = self.fuse(torch.cat(feats, dim=-1)) * valid[..., None]
-        return ImageTokens(tokens, valid, index)
+        if self.stats is not None:
+            lo, hi = self.cfg.patch_padding
+            m = F.pad(mask if mask.ndim == 4 else mask.unsqueeze(1), (lo, hi, lo, hi)).to(pixels.dtype)
+            st = self.stats(pixels * self.std + self.mean, m)
+            feats.append(torch.gather(st, 1, index[..., None].expand(-1, -1, st.shape[-1])))
+        feats = torch.cat(feats, dim=-1)
+        tokens = self.fuse(feats) * valid[..., None]
+        glob = None
+        if self.cfg.global_token:
+            w = valid[..., None].to(feats.dtype)
+            glob = self.fuse((feats * w).sum(1, keepdim=True) / w.sum(1, keepdim=True))
+        return ImageTokens(tokens, valid, index, glob)

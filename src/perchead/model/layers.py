@@ -24,10 +24,12 @@ class Attention(nn.Module):
     """Multi-head attention on PyTorch's fused ``scaled_dot_product_attention``.
 
     Queries come from ``x``; keys and values from ``context`` (cross-attention) or from ``x`` itself.
-    ``key_mask`` [B, M] is True for real tokens and False for padding.
+    ``key_mask`` [B, M] is True for real tokens and False for padding. ``qk_norm``: LayerNorm over each head's
+    channels of the queries and keys before their dot product (only then do the modules ``q_norm`` and
+    ``k_norm`` exist, so checkpoints without it load unchanged).
     """
 
-    def __init__(self, dim: int, heads: int, context_dim: int | None = None) -> None:
+    def __init__(self, dim: int, heads: int, context_dim: int | None = None, qk_norm: bool = False) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"attention width {dim} is not divisible by {heads} heads")
@@ -35,6 +37,8 @@ class Attention(nn.Module):
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(context_dim or dim, 2 * dim)
         self.out = nn.Linear(dim, dim)
+        self.q_norm = nn.LayerNorm(dim // heads) if qk_norm else None
+        self.k_norm = nn.LayerNorm(dim // heads) if qk_norm else None
 
     def forward(self, x: Tensor, context: Tensor | None = None, key_mask: Tensor | None = None) -> Tensor:
         context = x if context is None else context
@@ -43,10 +47,26 @@ class Attention(nn.Module):
         h = self.heads
         q = self.q(x).view(b, n, h, d // h).transpose(1, 2)
         k, v = self.kv(context).view(b, m, 2, h, d // h).permute(2, 0, 3, 1, 4)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         # A boolean SDPA mask is True where attention is allowed; broadcast over heads and queries.
         mask = None if key_mask is None else key_mask[:, None, None, :]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(y.transpose(1, 2).reshape(b, n, d))
+
+    def weights(self, x: Tensor, context: Tensor | None = None, key_mask: Tensor | None = None) -> Tensor:
+        """[B, heads, N, M] attention probabilities of :meth:`forward` (for diagnostics; not fused)."""
+        context = x if context is None else context
+        b, n, d = x.shape
+        m, h = context.shape[1], self.heads
+        q = self.q(x).view(b, n, h, d // h).transpose(1, 2)
+        k = self.kv(context).view(b, m, 2, h, d // h).permute(2, 0, 3, 1, 4)[0]
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        logits = q @ k.transpose(-1, -2) / math.sqrt(d // h)
+        if key_mask is not None:
+            logits = logits.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+        return logits.softmax(-1)
 
 
 class Mlp(nn.Sequential):

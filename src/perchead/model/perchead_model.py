@@ -88,8 +88,18 @@ class PercHead(nn.Module):
                                            image_tokens.tokens.device)
             return self.heads(self.decoder(image_tokens), image_tokens, viewmats, Ks)
         tokens = self.initial_tokens() if initial_tokens is None else initial_tokens
-        features = self.decoder(image_tokens.tokens, image_tokens.valid, tokens)
+        features = self.decoder(*self.context(image_tokens), tokens)
         return self.heads(features, self.template)
+
+    @staticmethod
+    def context(image_tokens: ImageTokens) -> tuple[Tensor, Tensor]:
+        """The 2D tokens the template decoder attends to and their key mask: the patch tokens, then the
+        image-level token when the encoder made one."""
+        if image_tokens.global_token is None:
+            return image_tokens.tokens, image_tokens.valid
+        g = image_tokens.global_token
+        ones = torch.ones(g.shape[0], 1, dtype=torch.bool, device=g.device)
+        return torch.cat([image_tokens.tokens, g], 1), torch.cat([image_tokens.valid, ones], 1)
 
     def sharpen(self, rgb: Tensor) -> Tensor:
         """SHP-CNN on rendered images [B, 3, H, W]; the identity when the config disables it."""

@@ -66,6 +66,8 @@ class OptimConfig:
     warmup_steps: int = 500
     min_lr_ratio: float = 0.1
     """the cosine ends at lr x min_lr_ratio at the last step"""
+    encoder_lr_scale: float = 1.0
+    """learning rate of the 2D encoder (parameters under ``encoder.``) relative to ``lr``"""
     grad_clip: float = 1.0
     """max global gradient norm; 0 disables clipping"""
     bf16: bool = True
@@ -176,6 +178,8 @@ class TrainConfig:
             problems.append("nothing to supervise: data.target_views is 0 and data.supervise_input_view off")
         if not 0.0 <= self.data.studio_fraction <= 1.0:
             problems.append(f"data.studio_fraction must be in [0, 1], got {self.data.studio_fraction}")
+        if not self.optim.encoder_lr_scale > 0:
+            problems.append("optim: encoder_lr_scale must be > 0")
         if self.optim.lr <= 0 or self.optim.warmup_steps < 0 or not 0.0 <= self.optim.min_lr_ratio <= 1.0:
             problems.append("optim: lr must be > 0, warmup_steps >= 0 and min_lr_ratio in [0, 1]")
         if self.optim.max_bad_steps < 1:

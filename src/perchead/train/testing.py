@@ -71,6 +71,55 @@ def write_toy_dataset(root: str | Path, subjects: int = 3, views: int = 4, size:
     return root
 
 
+# -- issue 27: a tiny network trained on two heads that differ only in hair colour --------------------------
+def hair_head(hair: tuple[float, float, float], resolution: int = 32) -> Gaussians:
+    """Template-surface head: skin face, hair over the back half and the top (so the frontal input shows it)."""
+    template = HeadTemplate.builtin(resolution)
+    xyz = template.xyz.reshape(-1, 3)
+    centre = template.center()
+    rel = xyz - centre
+    is_hair = (rel[:, 2] < 0) | (rel[:, 1] > 0.45 * float(rel[:, 1].max()))
+    skin = torch.tensor([0.85, 0.65, 0.55])
+    rgb = torch.where(is_hair[:, None], torch.tensor(hair), skin)
+    n = xyz.shape[0]
+    spacing = float((xyz.max(0).values - xyz.min(0).values).max()) / resolution
+    return Gaussians.from_activated(xyz, torch.full((n, 3), spacing * 0.8),
+                                    torch.tensor([1.0, 0.0, 0.0, 0.0]).expand(n, 4), torch.full((n,), 0.95), rgb)
+
+
+def train_two_heads(steps: int = 30, size: int = 32, seed: int = 0, **overrides) -> tuple[torch.Tensor, float]:
+    """Train a tiny model on a dark- and a light-haired head (frontal input; front and back supervised).
+    Two views keep it to seconds: the CPU rasterizer's backward is most of a step. Returns the back view's
+    mean rendered colour of each head [2, 3] and the truths' distance."""
+    torch.manual_seed(seed)
+    from perchead.model import PercHead
+
+    model = PercHead(tiny_model_config(image_size=size, s_max=0.15, shp_cnn=False, **overrides))
+    heads = [hair_head((0.12, 0.08, 0.05)), hair_head((0.95, 0.85, 0.55))]
+    cams = Cameras.orbit([0.0, 180.0], 5.0, HEAD_CAMERA_RADIUS, HEAD_CAMERA_FOV_DEG, size)
+    with torch.no_grad():
+        truth = [rasterize(h, cams.viewmats, cams.Ks, size, size, background=1.0) for h in heads]
+    images = torch.stack([t.rgb[0].permute(2, 0, 1) for t in truth])
+    masks = torch.stack([t.alpha[0].permute(2, 0, 1) for t in truth])
+    targets = torch.stack([t.rgb for t in truth])  # [2, V, H, W, 3]
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for _ in range(steps):
+        g = model(images, masks)
+        pred = rasterize(g, cams.viewmats[None].expand(2, -1, -1, -1), cams.Ks[None].expand(2, -1, -1, -1),
+                         size, size, background=1.0).rgb
+        loss = (pred - targets).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        g = model.eval()(images, masks)
+        back = rasterize(g, cams.viewmats[-1:][None].expand(2, -1, -1, -1), cams.Ks[-1:][None].expand(2, -1, -1, -1),
+                         size, size, background=1.0).rgb[:, 0]
+    sel = truth[0].alpha[-1, ..., 0] > 0.5  # both heads share their silhouette
+    colours = torch.stack([b[sel].mean(0) for b in back])
+    truth_gap = float((targets[0, -1][sel].mean(0) - targets[1, -1][sel].mean(0)).norm())
+    return colours, truth_gap
+
 
 def ddp_worker(rank: int, world_size: int, port: int, config_json: str, dump_dir: str) -> None:
     """One process of a CPU/gloo DDP test run (for ``torch.multiprocessing.spawn``): sets the variables
@@ -97,4 +146,4 @@ def ddp_worker(rank: int, world_size: int, port: int, config_json: str, dump_dir
     save_file(tensors, str(Path(dump_dir) / f"rank{rank}.safetensors"))
 
 
-__all__ = ["ddp_worker", "tiny_model_config", "toy_head", "write_toy_dataset"]
+__all__ = ["ddp_worker", "hair_head", "tiny_model_config", "toy_head", "train_two_heads", "write_toy_dataset"]

@@ -170,11 +170,28 @@ def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def param_groups(params: list[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict[str, Any]]:
-    # Decay weight matrices only: decaying biases, norm gains and per-channel vectors just fights the loss.
-    decay = [p for _, p in params if p.ndim >= 2]
-    no_decay = [p for _, p in params if p.ndim < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def param_groups(params: list[tuple[str, nn.Parameter]], weight_decay: float,
+                 lr_scales: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """AdamW groups: decay on weight matrices only (decaying biases, norm gains and per-channel vectors just
+    fights the loss). ``lr_scales`` {name prefix: factor} gives the parameters under a prefix their own
+    learning rate (``lr_scale`` x the optimizer's lr; read by :func:`scale_group_lrs`)."""
+    scales = {k: v for k, v in (lr_scales or {}).items() if v != 1.0}
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for name, p in params:
+        scale = next((v for k, v in scales.items() if name.startswith(k)), 1.0)
+        groups.setdefault((scale, p.ndim >= 2), []).append(p)
+    out = []
+    for decay in (True, False):  # the two groups of old runs first, in their old order (optimizer states)
+        for (scale, is_matrix), ps in groups.items():
+            if is_matrix == decay:
+                out.append({"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale})
+    return out
+
+
+def scale_group_lrs(optimizer: torch.optim.Optimizer) -> None:
+    """Apply each group's ``lr_scale`` to its learning rate (before the scheduler records initial_lr)."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
 
 
 def truncate_step_log(path: Path, keep_through: int) -> int:
@@ -416,8 +433,10 @@ class Trainer:
                 broadcast_buffers=False)
 
         params = [p for _, p in trainable]
-        optimizer = torch.optim.AdamW(param_groups(trainable, cfg.optim.weight_decay), lr=cfg.optim.lr,
-                                      betas=cfg.optim.betas)
+        optimizer = torch.optim.AdamW(
+            param_groups(trainable, cfg.optim.weight_decay, {"encoder.": cfg.optim.encoder_lr_scale}),
+            lr=cfg.optim.lr, betas=cfg.optim.betas)
+        scale_group_lrs(optimizer)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, partial(lr_lambda, warmup=cfg.optim.warmup_steps, total=cfg.steps,
                                min_ratio=cfg.optim.min_lr_ratio))

@@ -73,7 +73,7 @@ def test_loss_goes_down_on_a_fixed_batch(toy_data):
     params = [(n, p) for n, p in model.named_parameters() if not n.startswith("shp_cnn.")]
     opt = torch.optim.AdamW(param_groups(params, 0.0), lr=3e-3)
     losses = []
-    for _ in range(20):
+    for _ in range(40):
         loss, per_view, pred = step(batch.input_image, batch.input_mask, batch.viewmats, batch.Ks, batch.targets,
                                     batch.valid)
         opt.zero_grad()
@@ -82,8 +82,8 @@ def test_loss_goes_down_on_a_fixed_batch(toy_data):
         losses.append(float(loss.detach()))
     assert all(torch.isfinite(torch.tensor(losses)))
     # Best of the last 5 steps well below the first: the network learns the fixed batch. Measured with the
-    # deterministic fixture (seed 0, one thread): 0.378 of the first loss with AVX-512 and with AVX2 kernels;
-    # bound 0.75, twice that.
+    # deterministic fixture (seed 0, one thread): 0.284 of the first loss after 40 steps with AVX-512 and with
+    # AVX2 kernels; bound 0.75, 2.6x (20 steps gave 0.378, 1.98x).
     assert min(losses[-5:]) < 0.75 * losses[0], losses
 
 

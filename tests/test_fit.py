@@ -217,6 +217,11 @@ def test_the_estimate_has_no_knife_edge():
     steps = [yaw(30.0, net) for net in torch.linspace(0.0, 60.0, 601).tolist()]
     assert max(abs(a - b) for a, b in itertools.pairwise(steps)) < 0.5
     assert abs(yaw(-0.1, -13.8) - -0.1) < 1.0  # the astronaut: Face Mesh -0.1, the net -13.8
+    # A real three-quarter photo the net (procedural heads only) reads as frontal: Face Mesh, which under-reads
+    # turns and never over-reads them by that much, counts alone; smoothly so.
+    assert yaw(52.7, -3.2) == pytest.approx(52.7) and yaw(-31.8, -5.3) == pytest.approx(-31.8)
+    steps = [yaw(lm, 10.0) for lm in torch.linspace(10.0, 60.0, 501).tolist()]
+    assert max(abs(a - b) for a, b in itertools.pairwise(steps)) < 0.5
     assert yaw(2.0, 4.0) == pytest.approx(3.0)  # near frontal and agreeing: the mean of the two
     assert yaw(170.0, -170.0) == pytest.approx(-170.0)  # turned: the net, the short way round
     assert fuse(None, 95.0, 3.0).yaw_deg == 95.0

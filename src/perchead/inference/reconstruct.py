@@ -49,7 +49,7 @@ from ..io.commands import GRID_VIEWS
 from ..preprocess import PreprocessConfig, Preprocessed, preprocess_image
 from ..preprocess.io import DEFAULT_MAX_PIXELS, ImageInput
 from ..render import gsplat_available, rasterize
-from .fit import FitConfig, FitResult, fit_to_photo
+from .fit import FitConfig, FitResult, fit_to_photo, template_inputs
 from .pose import Pose, camera_K, estimate_pose
 
 Progress = Callable[[float, str], None]
@@ -181,6 +181,12 @@ class Reconstruction:
     times: StageTimes = field(default_factory=StageTimes)
     files: list[Path] = field(default_factory=list)
     """filled by :meth:`Reconstructor.write`"""
+
+    @property
+    def warnings(self) -> list[str]:
+        """What may make the head untrustworthy: the preprocessing's notes (matting, crop) and the fit's (a
+        matte or camera it did not trust)."""
+        return [*self.preprocessed.warnings, *(self.fit.warnings if self.fit is not None else [])]
 
 
 class Reconstructor:
@@ -324,9 +330,6 @@ class Reconstructor:
             pose = estimate_pose(image, mask)
         if cfg.steps == 0:
             return pose, None
-        anchors, s_max = None, None
-        if self.model.config.decoder == "template":
-            anchors, s_max = self.model.template.points()[0], float(self.model.heads.s_max_m)
         bar = None
         if self.config.progress:
             from tqdm import tqdm
@@ -340,8 +343,8 @@ class Reconstructor:
                 bar.update(1)
 
         try:
-            result = fit_to_photo(gaussians, image, mask, cfg, anchors=anchors, s_max=s_max, pose=pose,
-                                  backend=self.config.backend, progress=step)
+            result = fit_to_photo(gaussians, image, mask, cfg, pose=pose, backend=self.config.backend,
+                                  progress=step, **template_inputs(self.model))
         finally:
             if bar is not None:
                 bar.close()
@@ -374,7 +377,8 @@ class Reconstructor:
         """How much the head looks like the photo: the PSNR of the input-view render against the matted photo
         over the photo's mask, and dlib identity distances between the photo's crop and the renders from the
         input camera and at :data:`LIKENESS_YAWS` (same person below 0.6; None where dlib finds no face)."""
-        from ..eval.metrics import DlibIdentityMetric, psnr
+        from ..eval.metrics import psnr
+        from ..preprocess.identity import DlibFaceEncoder
 
         size = self.config.size
         matted = torch.from_numpy(resize_square(rec.preprocessed.image, size)).permute(2, 0, 1).float() / 255
@@ -382,7 +386,7 @@ class Reconstructor:
                                                                                        Image.Resampling.BILINEAR)))
         view = torch.from_numpy(rec.input_view).permute(2, 0, 1).float() / 255
         out: dict = {"input_view_masked_psnr_db": round(float(psnr(view, matted, mask[None].float())), 3)}
-        metric = DlibIdentityMetric()
+        metric = DlibFaceEncoder()
         photo = metric.embed(np.ascontiguousarray(rec.preprocessed.crop))
         out.update({"metric": "dlib euclidean distance (same person < 0.6)", "photo_face_found": photo is not None})
         if photo is None:
@@ -454,6 +458,8 @@ class Reconstructor:
             "sharpen_size": self.sharpen_size if rec.sharpened else None,
             "input_camera": rec.pose.metadata(self.config.size),
             "fit": rec.fit.metadata(self.config.fit) if rec.fit is not None else {"ran": False, "steps": 0},
+            # everything a user should know before trusting the head: the preprocessing's and the fit's
+            "warnings": rec.warnings,
             "likeness": rec.likeness,
             "render": {"size": self.config.size, "video_size": self.config.video_size or self.config.size,
                        "frames": self.config.frames if rec.turntable is not None

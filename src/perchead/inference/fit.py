@@ -96,7 +96,7 @@ class FitConfig:
     """template regions whose Gaussians keep the position head's whole anchored range and may grow up to
     ``free_scale_growth``: the template ends at the neck, and the photo's matte goes on into the shoulders and
     clothes, which the input view must still match"""
-    free_scale_growth: float = 10.0
+    free_scale_growth: float = 100.0
     grazing_cos: float = 0.35
     """Gaussians whose template normal makes a cosine below this with the ray to the camera keep their
     opacity (seen edge-on, the photo's silhouette would fade or thicken what the profiles see face-on)"""
@@ -499,6 +499,11 @@ def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anch
     growth = torch.where(free, math.log(cfg.free_scale_growth), math.log(cfg.max_scale_growth))
     max_scales = dense.log_scales.detach() + growth[:, None]
     hold = hold & ~free if geometry else hold
+    if geometry:
+        # what the free regions reach for (shoulders, clothes) is no part of the network's head: nothing to
+        # hold them to, and they step as fully as what the camera sees best
+        trust = torch.where(free, torch.ones_like(trust), trust)
+        unseen = torch.where(free, torch.zeros_like(unseen), unseen)
 
     def after_step() -> None:
         if geometry:

@@ -377,3 +377,20 @@ def test_cuda_without_gpu(checkpoint, tmp_path, capsys):
                "--size", "64", "--device", "cuda"])
     assert rc != 0
     assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_back_colour_difference_compares_the_back_with_the_top_of_the_photos_head():
+    from perchead.inference.reconstruct import back_colour_difference
+
+    s = 32
+    mask = np.zeros((s, s))
+    mask[4:30, 8:24] = 1.0
+    crop = np.ones((s, s, 3))
+    crop[:12] = [0.8, 0.65, 0.3]  # blond hair at the top of the head
+    crop[12:] = [0.9, 0.7, 0.6]
+    alpha = mask.copy()
+    blond_back = np.broadcast_to(np.array([0.8, 0.65, 0.3]), (s, s, 3))
+    dark_back = np.full((s, s, 3), 0.05)
+    assert back_colour_difference(blond_back, alpha, crop, mask) < 1e-6
+    assert back_colour_difference(dark_back, alpha, crop, mask) > 40  # near-black against blond: measured 83
+    assert np.isnan(back_colour_difference(dark_back, np.zeros((s, s)), crop, mask))

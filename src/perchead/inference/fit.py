@@ -445,14 +445,6 @@ def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anch
 
     dense, parents = densify(gaussians.detach(), cfg.num_gaussians or len(gaussians))
     colour, weight = photo_colours(dense, vm, img[0], msk[0], backend)
-    mirror = None
-    if cfg.symmetry:
-        points = gaussians.means.detach() if anchors is None else anchors.to(device)
-        offsets = dense.means - gaussians.means.detach()[parents]
-        mirror = mirror_index(points, parents, offsets) if len(dense) > len(gaussians) else mirror_index(points)
-    dense, seen = project_appearance(dense, colour, weight, cfg.prior_visibility,
-                                     None if regions is None else regions.to(device)[parents], mirror)
-
     # The normal each Gaussian may move along: its template point's (or, without one, away from the centre).
     if normals is not None:
         normal = normals.to(device)[parents]
@@ -477,7 +469,17 @@ def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anch
         warnings.append(f"the photo's matte and the predicted head seen from the estimated camera (yaw "
                         f"{pose.yaw_deg:+.0f}, pitch {pose.pitch_deg:+.0f}, {pose.method}) overlap little "
                         f"(silhouette IoU {iou:.2f} < {cfg.min_silhouette_iou}): the matte or the camera is not "
-                        "trusted, so only colours were fitted")
+                        "trusted, so only colours were fitted, and the far side was not mirrored")
+
+    mirror = None
+    # Through a head that does not sit where the photo's does (the reason it is not trusted), the mirror
+    # would paint the photo's face a second time beside the first (seen on a held-out photo).
+    if cfg.symmetry and geometry:
+        points = gaussians.means.detach() if anchors is None else anchors.to(device)
+        offsets = dense.means - gaussians.means.detach()[parents]
+        mirror = mirror_index(points, parents, offsets) if len(dense) > len(gaussians) else mirror_index(points)
+    dense, seen = project_appearance(dense, colour, weight, cfg.prior_visibility,
+                                     None if regions is None else regions.to(device)[parents], mirror)
 
     params = FitParams(dense, None if anchors is None else anchors.to(device)[parents], s_max)
     prior = Prior.of(params, dense, s_max)

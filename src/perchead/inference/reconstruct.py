@@ -401,7 +401,7 @@ class Reconstructor:
         delta_e = back_colour_difference(
             back.rgb[0].float().cpu().numpy(), back.alpha[0, ..., 0].float().cpu().numpy(),
             resize_square(rec.preprocessed.crop, s) / 255.0,
-            np.asarray(Image.fromarray(rec.preprocessed.mask).resize((s, s), Image.Resampling.BILINEAR)) / 255.0)
+            np.asarray(Image.fromarray(rec.preprocessed.mask).resize((s, s), Image.Resampling.BILINEAR)))
         out["back_delta_e"] = None if math.isnan(delta_e) else round(delta_e, 2)
         metric = DlibFaceEncoder()
         photo = metric.embed(np.ascontiguousarray(rec.preprocessed.crop))

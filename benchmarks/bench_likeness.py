@@ -2,13 +2,16 @@
 without and with the fit to the photo.
 
     python benchmarks/bench_likeness.py [--checkpoint demo] [--fit-steps 0,60] [--out outputs/likeness]
+    python benchmarks/bench_likeness.py --photos photos/ --set held-out    # benchmarks/real_photos.py's split
 
 Photos: scikit-image's astronaut (the bundled example photo) and matplotlib's Grace Hopper
-(``mpl-data/sample_data/grace_hopper.jpg``); no photo comes from the internet. For each, the table gives the
+(``mpl-data/sample_data/grace_hopper.jpg``); with ``--photos`` the folder benchmarks/real_photos.py writes
+(its tuning or held-out set, or both); no photo comes from the internet. For each, the table gives the
 estimated input camera, the PSNR of the render from that camera against the matted photo over the photo's
-mask, and dlib's identity distance between the photo and the renders from the input camera and at 0 and
-+-30 degrees of yaw (same person below 0.6; "no face" where dlib's detector finds none in the render).
-With ``--out`` each run's files (views.png, input_view.png, ...) are kept there.
+mask, dlib's identity distance between the photo and the renders from the input camera, the front, and the
+input camera turned by +-30 and +-45 degrees (same person below 0.6; "no face" where dlib's detector finds
+none in the render), the back's colour difference with the top of the photo's head (CIE76 delta E), and the
+seconds of the run without the turntable. With ``--out`` each run's files (views.png, ...) are kept there.
 """
 
 from __future__ import annotations
@@ -37,11 +40,29 @@ def package_photos() -> dict[str, Path]:
     return photos
 
 
+def photo_set(folder: Path | None, which: str) -> dict[str, Path]:
+    """The astronaut and Grace Hopper, or (``folder``) benchmarks/real_photos.py's photos of one set."""
+    if folder is None:
+        return package_photos()
+    from real_photos import HELD_OUT, TUNE
+
+    names = {"tune": TUNE, "held-out": HELD_OUT, "all": TUNE + HELD_OUT}[which]
+    found = {p.stem: p for p in folder.iterdir()}
+    photos = package_photos()
+    photos = {"astronaut": photos["astronaut (skimage)"], "grace_hopper": photos.get("Grace Hopper (matplotlib)")}
+    missing = [n for n in names if n not in found and photos.get(n) is None]
+    if missing:
+        raise SystemExit(f"{folder} lacks {missing}: run python benchmarks/real_photos.py --out {folder}")
+    return {n: found.get(n) or photos[n] for n in names}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="demo")
     parser.add_argument("--fit-steps", default="0,60")
     parser.add_argument("--out", type=Path, default=None, help="keep every run's files here")
+    parser.add_argument("--photos", type=Path, default=None, help="folder written by real_photos.py")
+    parser.add_argument("--set", choices=("tune", "held-out", "all"), default="all")
     args = parser.parse_args()
 
     import torch
@@ -58,7 +79,7 @@ def main() -> None:
         for steps in (int(v) for v in args.fit_steps.split(",")):
             rec = Reconstructor(ReconstructConfig(checkpoint=args.checkpoint, video=False,
                                                   fit=FitConfig(steps=steps)))
-            for name, path in package_photos().items():
+            for name, path in photo_set(args.photos, args.set).items():
                 start = time.perf_counter()
                 result = rec.run(path, root / f"{path.stem}-fit{steps}")
                 seconds = time.perf_counter() - start
@@ -70,17 +91,17 @@ def main() -> None:
             return "no face in photo"
         return "no face" if like.get(key) is None else f"{like[key]:.3f}"
 
+    keys = ("input_view", "yaw_+0", "turn_+30", "turn_-30", "turn_+45", "turn_-45")
     print()
     print("| photo | fit steps | Gaussians | input camera yaw / pitch | masked PSNR, input view (dB) | "
-          "dlib: input view | dlib: yaw 0 | dlib: yaw -30 | dlib: yaw +30 | seconds (no video) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "dlib: input view / front / +30 / -30 / +45 / -45 | back delta E | warnings | seconds (no video) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, steps, result, seconds in rows:
         like, pose = result.likeness or {}, result.pose
         print(f"| {name} | {steps} | {len(result.gaussians):,} | {pose.yaw_deg:+.1f} / {pose.pitch_deg:+.1f} "
               f"({pose.method}) | {like.get('input_view_masked_psnr_db', float('nan')):.2f} | "
-              f"{dist(like, 'input_view')} | {dist(like, 'yaw_+0')} | {dist(like, 'yaw_-30')} | "
-              f"{dist(like, 'yaw_+30')} | {seconds:.1f} |")
-
+              + " / ".join(dist(like, k) for k in keys)
+              + f" | {like.get('back_delta_e', float('nan')):.1f} | {len(result.warnings)} | {seconds:.1f} |")
 
 if __name__ == "__main__":
     main()

@@ -7,6 +7,7 @@ threshold below says what it was measured at.
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -14,16 +15,18 @@ from safetensors.torch import save_file
 
 from perchead.data.synth import SynthConfig, make_subject, subject_split
 from perchead.eval.metrics import psnr
-from perchead.geometry import HEAD_CAMERA_FOV_DEG, HEAD_CAMERA_RADIUS, Cameras, Gaussians, orbit_viewmats
+from perchead.geometry import HEAD_CAMERA_FOV_DEG, HEAD_CAMERA_RADIUS, Cameras, orbit_viewmats
 from perchead.inference import fit as fit_module
 from perchead.inference.fit import (
     FitConfig,
     FitDivergedError,
     densify,
     fit_to_photo,
-    mirror_ramp,
-    mirror_viewmat,
+    mirror_index,
     photo_colours,
+    project_appearance,
+    template_inputs,
+    turned_viewmats,
 )
 from perchead.inference.pose import Pose, camera_K, estimate_pose, fuse
 from perchead.inference.pose_net import PoseNet, PoseNetConfig, bundled_pose_net, pose_from_net, yaw_error
@@ -101,20 +104,38 @@ def test_densify_refuses_a_count_that_is_not_a_square_multiple(prediction):
 
 
 # -- cameras and colours --------------------------------------------------------------------------------------
-def test_mirror_camera_sees_a_mirrored_scene_as_the_flipped_image():
-    torch.manual_seed(0)
-    n = 40
-    means = torch.randn(n, 3) * 0.05
-    g = Gaussians.from_activated(means, torch.full((n, 3), 0.01), torch.tensor([[1.0, 0, 0, 0]]).expand(n, 4),
-                                 torch.full((n,), 0.8), torch.rand(n, 3))
-    mirrored = g.replace(means=means * torch.tensor([-1.0, 1.0, 1.0]))
-    vm = orbit_viewmats([25.0], [10.0], HEAD_CAMERA_RADIUS)
-    K = camera_K(64)[None]
-    with torch.no_grad():
-        a = rasterize(g, vm, K, 64, 64).rgb[0]
-        b = rasterize(mirrored, mirror_viewmat(vm[0])[None], K, 64, 64).rgb[0]
-    torch.testing.assert_close(b, a.flip(1), atol=2e-3, rtol=0)
-    assert mirror_ramp(0.0, 20.0) == mirror_ramp(4.0, 20.0) == 0.0 and mirror_ramp(-40.0, 20.0) == 1.0
+def test_template_mirror_map_pairs_left_and_right(demo, prediction):
+    """The symmetry of the fit goes through the template's own left-right map: every point goes to the point
+    nearest its mirror image, the map is (nearly) an involution, and densified children go to children."""
+    anchors = demo.template.points()[0]
+    mirror = mirror_index(anchors)
+    flip = torch.tensor([-1.0, 1.0, 1.0])
+    # The builtin template is symmetric by construction: each point's mirror image is (nearly) a template point
+    # (measured: max 0 mm, an involution for every point; bounds 2 mm, a tenth of the point spacing, and 95%).
+    assert float((anchors[mirror] - anchors * flip).norm(dim=-1).max()) < 2e-3
+    assert float((mirror[mirror] == torch.arange(len(anchors))).float().mean()) > 0.95
+    dense, parents = densify(prediction[0], 16384)
+    child = mirror_index(anchors, parents, dense.means - prediction[0].means[parents])
+    assert torch.equal(parents[child], mirror[parents])  # a child's mirror is a child of its parent's mirror
+
+
+def test_unseen_gaussians_take_their_regions_colour_from_the_photo(demo, prediction):
+    """The back of the hair takes the colour the photo shows on the visible hair, not the network's."""
+    g, _, _ = prediction
+    inputs = template_inputs(demo)
+    dense, parents = densify(g, 16384)
+    regions = inputs["regions"][parents]
+    vm = orbit_viewmats([0.0], [0.0], HEAD_CAMERA_RADIUS)[0]
+    blond = torch.tensor([0.85, 0.7, 0.35])
+    image = blond[:, None, None].expand(3, 64, 64).clone()
+    colour, weight = photo_colours(dense, vm, image, torch.ones(1, 64, 64))
+    painted, seen = project_appearance(dense, colour, weight, 0.5, regions)
+    back = (seen < 0.05) & (regions == 1) & (dense.means[:, 2] < -0.03)  # scalp Gaussians behind the head
+    assert int(back.sum()) > 500
+    # Measured: the back's mean colour 0.016 from the photo's (bound 0.1), the network's own 0.43 away (its dark
+    # hair; bound 0.2).
+    assert float((painted.rgb[back].mean(0) - blond).abs().max()) < 0.1
+    assert float((dense.rgb[back].mean(0) - blond).abs().max()) > 0.2
 
 
 def test_photo_colours_are_the_pixels_each_gaussian_draws(prediction):
@@ -136,34 +157,71 @@ def test_photo_colours_are_the_pixels_each_gaussian_draws(prediction):
 
 
 # -- the fit --------------------------------------------------------------------------------------------------
-def test_a_few_steps_lower_the_input_view_loss(demo, prediction):
+def test_a_few_steps_lower_the_input_view_loss_within_the_bounds(demo, prediction):
     g, image, mask = prediction
-    anchors, s_max = demo.template.points()[0], float(demo.heads.s_max_m)
+    inputs = template_inputs(demo)
     cfg = FitConfig(steps=8, size=64, num_gaussians=16384)
-    result = fit_to_photo(g, image, mask, cfg, anchors=anchors, s_max=s_max, pose=Pose(0.0, 0.0))
+    result = fit_to_photo(g, image, mask, cfg, pose=Pose(0.0, 0.0), **inputs)
     assert len(result.gaussians) == 16384 and len(result.losses) == 9
+    assert result.geometry_fitted and not result.warnings and result.silhouette_iou > 0.8  # measured 0.94
     before, after = result.input_l1
-    # Measured: L1 0.028 -> 0.014 (ratio 0.48; the bound 0.8).
-    assert after < 0.8 * before
+    # Measured: L1 0.027 -> 0.011 (ratio 0.41; the bound 0.85).
+    assert after < 0.85 * before
     assert result.losses[-1] < result.losses[0]
-    # Positions stay within the position head's anchored range.
-    parents = torch.arange(4096).repeat_interleave(4)
-    assert float((result.gaussians.means - anchors[parents]).abs().max()) <= s_max * (1 + 1e-5)
+    # Positions stay within the position head's anchored range; outside the neck (free to reach the shoulders)
+    # they move along their template normal within normal_bound and across it within tangent_bound, and no
+    # scale grows past max_scale_growth.
+    start, parents = densify(g, 16384)
+    anchors, s_max = inputs["anchors"], inputs["s_max"]
+    fitted = result.gaussians
+    assert float((fitted.means - anchors[parents]).abs().max()) <= s_max * (1 + 1e-5)
+    bounded = inputs["regions"][parents] != 3
+    d = (fitted.means - start.means)[bounded]
+    normal = inputs["normals"][parents][bounded]
+    along = (d * normal).sum(-1)
+    across = (d - along[:, None] * normal).norm(dim=-1)
+    assert float(along.abs().max()) <= cfg.normal_bound + 1e-5 and float(across.max()) <= cfg.tangent_bound + 1e-5
+    assert float(along.abs().max()) > 0.2 * cfg.normal_bound  # they do move
+    growth = (fitted.log_scales - start.log_scales)[bounded]
+    assert float(growth.max()) <= math.log(cfg.max_scale_growth) + 1e-5
 
 
-def test_fit_keeps_the_unseen_side_close_to_the_prediction(demo, prediction):
+def test_fit_keeps_the_unseen_side_of_the_head(demo, prediction):
+    """The geometry seen from the back stays the network's: the silhouette barely changes."""
     g, image, mask = prediction
-    anchors, s_max = demo.template.points()[0], float(demo.heads.s_max_m)
     cfg = FitConfig(steps=8, size=64, num_gaussians=16384)
-    result = fit_to_photo(g, image, mask, cfg, anchors=anchors, s_max=s_max, pose=Pose(0.0, 0.0))
+    result = fit_to_photo(g, image, mask, cfg, pose=Pose(0.0, 0.0), **template_inputs(demo))
     start, _ = densify(g, 16384)
-    back = orbit_viewmats([180.0], [0.0], HEAD_CAMERA_RADIUS)
-    K = camera_K(64)[None]
+    back = orbit_viewmats([180.0, 90.0], [0.0, 0.0], HEAD_CAMERA_RADIUS)
+    K = camera_K(64).expand(2, 3, 3)
     with torch.no_grad():
-        a = rasterize(start, back, K, 64, 64).rgb[0]
-        b = rasterize(result.gaussians, back, K, 64, 64).rgb[0]
-    # Measured 26.3 dB (only the silhouette, which the input camera partly sees, changes): bound 24 dB.
-    assert float(psnr(b.permute(2, 0, 1), a.permute(2, 0, 1))) > 24.0
+        a = rasterize(start, back, K, 64, 64).alpha
+        b = rasterize(result.gaussians, back, K, 64, 64).alpha
+    # Measured mean |alpha difference| 0.014 (back) and 0.008 (profile): bound 0.04.
+    assert float((a - b).abs().mean()) < 0.04
+
+
+def test_a_turned_head_fitted_from_its_35_degree_view_has_one_face(demo):
+    """Issue 28: the old fit's mirrored photo painted a second face beside the first on turned photos. A
+    held-out synthetic head seen at 35 degrees of yaw, fitted from that view, is rendered from its input camera
+    and from that camera turned 30 degrees toward the front (the view that showed two faces): MediaPipe's face
+    detector finds exactly one face in each. Measured: one in each with this fit; the fit before issue 28 gave
+    one and none (its +30 view was no face to the detector)."""
+    from perchead.preprocess.detect import detect_faces
+
+    image, mask = synth_view(TEST_SUBJECTS[1], 35.0, size=256)
+    small, small_mask = synth_view(TEST_SUBJECTS[1], 35.0, size=128)
+    with torch.no_grad():
+        g = demo(small[None], small_mask[None])[0]
+    pose = Pose(35.0, 0.0, "given")
+    cfg = FitConfig(steps=20, size=128, num_gaussians=16384)
+    fitted = fit_to_photo(g, image, mask, cfg, pose=pose, **template_inputs(demo)).gaussians
+    vms = turned_viewmats(pose.viewmat, (0.0, 30.0))
+    with torch.no_grad():
+        renders = rasterize(fitted, vms, camera_K(256).expand(2, 3, 3), 256, 256, background=1.0).rgb
+    for turn, rgb in zip((0, 30), renders, strict=True):
+        faces, _ = detect_faces((rgb.clamp(0, 1).numpy() * 255).round().astype("uint8"), ("mediapipe-full",))
+        assert len(faces) == 1, (turn, [f.box for f in faces])
 
 
 def test_nan_during_the_fit_is_a_clear_error(prediction, monkeypatch):
@@ -174,7 +232,8 @@ def test_nan_during_the_fit_is_a_clear_error(prediction, monkeypatch):
 
 
 @pytest.mark.parametrize("bad", [dict(steps=-1), dict(size=8), dict(lr=0.0), dict(lr_colour=float("nan")),
-                                 dict(ssim_weight=1.5), dict(mirror_weight=-1.0), dict(num_gaussians=-4)])
+                                 dict(ssim_weight=1.5), dict(novel_weight=-1.0), dict(num_gaussians=-4),
+                                 dict(max_scale_growth=0.5), dict(free_regions=("tail",))])
 def test_bad_fit_settings_are_refused(bad):
     with pytest.raises(ValueError):
         FitConfig(**bad)

@@ -130,9 +130,13 @@ def test_fitted_photo_writes_the_fit_and_the_likeness(fitted_run):
     # A random network's head is not a face: dlib finds the photo's face, not necessarily one in the renders.
     like = meta["likeness"]
     assert like["photo_face_found"] is True
-    assert set(like) >= {"input_view", "yaw_+0", "yaw_-30", "yaw_+30"}
-    assert all(v is None or 0 <= v < 2 for k, v in like.items() if k.startswith(("input_view", "yaw")) and
+    assert set(like) >= {"input_view", "yaw_+0", "turn_+30", "turn_-30", "turn_+45", "turn_-45", "back_delta_e"}
+    assert all(v is None or 0 <= v < 2 for k, v in like.items() if k.startswith(("input_view", "yaw", "turn")) and
                not k.endswith("_db"))
+    assert like["back_delta_e"] is None or like["back_delta_e"] >= 0
+    # whether the fit trusted the matte and the camera is recorded, and every warning is listed at the top
+    assert 0 <= fit["silhouette_iou"] <= 1 and isinstance(fit["geometry_fitted"], bool)
+    assert set(fit["warnings"]) <= set(meta["warnings"])
     assert np.isfinite(like["input_view_masked_psnr_db"])
     view = np.asarray(Image.open(out / "input_view.png").convert("RGB"))
     assert view.shape == image_grid([np.zeros((64, 64, 3), np.uint8)] * 2, ncols=2, labels=["x"] * 2).shape
@@ -373,3 +377,20 @@ def test_cuda_without_gpu(checkpoint, tmp_path, capsys):
                "--size", "64", "--device", "cuda"])
     assert rc != 0
     assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_back_colour_difference_compares_the_back_with_the_top_of_the_photos_head():
+    from perchead.inference.reconstruct import back_colour_difference
+
+    s = 32
+    mask = np.zeros((s, s))
+    mask[4:30, 8:24] = 1.0
+    crop = np.ones((s, s, 3))
+    crop[:12] = [0.8, 0.65, 0.3]  # blond hair at the top of the head
+    crop[12:] = [0.9, 0.7, 0.6]
+    alpha = mask.copy()
+    blond_back = np.broadcast_to(np.array([0.8, 0.65, 0.3]), (s, s, 3))
+    dark_back = np.full((s, s, 3), 0.05)
+    assert back_colour_difference(blond_back, alpha, crop, mask) < 1e-6
+    assert back_colour_difference(dark_back, alpha, crop, mask) > 40  # near-black against blond: measured 83
+    assert np.isnan(back_colour_difference(dark_back, np.zeros((s, s)), crop, mask))

@@ -59,8 +59,6 @@ class MapFitConfig(FitConfig):
     num_gaussians: int = 16384
     """Gaussians after densifying (a square multiple of the prediction's; at most the prediction's: none).
     Four times the demo's 4,096: a 128 px map needs no more, and the fit's time grows with the count"""
-    mirror_weight: float = 0.0
-    """a painted map is not mirrored (edits may be one-sided)"""
     alpha_weight: float = 2.0
     """the silhouette is the map's strongest statement (the photo fit's 0.5 left painted-out hair whitish)"""
     label_weight: float = 1.0

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from perchead.data.format import HeadDataset, SubjectRecord, load_view, read_dataset
 from perchead.geometry import Gaussians
-from perchead.inference.fit import FitConfig, fit_to_photo
+from perchead.inference.fit import FitConfig, fit_to_photo, template_inputs
 from perchead.model import HeadTemplate, PercHead
 from perchead.model.lifting import batch_input_camera
 from perchead.render import rasterize
@@ -163,14 +163,12 @@ class FittedMethod(Method):
                             f"{fit.num_gaussians} Gaussians, {fit.size} px (perchead reconstruct's fit)")
 
     def render(self, image, mask, viewmats, Ks, size, backend, input_camera=None):
-        anchors, s_max = None, None
-        if self.model.config.decoder == "template":
-            anchors, s_max = self.model.template.points()[0], float(self.model.heads.s_max_m)
         with torch.no_grad():
             g = self.model(image, mask)
         out = []
         for b in range(image.shape[0]):
-            fitted = fit_to_photo(g[b], image[b], mask[b], self.fit, anchors, s_max, backend=backend).gaussians
+            fitted = fit_to_photo(g[b], image[b], mask[b], self.fit, backend=backend,
+                                  **template_inputs(self.model)).gaussians
             with torch.no_grad():
                 rgb = rasterize(fitted, viewmats[b], Ks[b], size, size, backend=backend).rgb
             out.append(rgb.permute(0, 3, 1, 2))

@@ -28,6 +28,7 @@ import torch
 from ..losses.base import check_image_pair, cosine_distance, resize
 from ..losses.pixel import LPIPSLoss
 from ..losses.pixel import ssim as _ssim
+from ..preprocess.identity import DlibFaceEncoder, FaceIdentityUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -330,64 +331,29 @@ class IdentityMetric(Metric):
 
 
 class DlibIdentityMetric(IdentityMetric):
-    """dlib's ResNet face descriptor (``dlib_face_recognition_resnet_model_v1``, 128-D, ships offline).
-
-    Faces are found with the project's detectors (``perchead.preprocess.detect_faces``, dlib's HOG detector
-    by default, as face_recognition does), aligned with dlib's 5- or 68-point shape predictor, and described
-    without jitter. ``distance="euclidean"`` is dlib's own convention (same person below ~0.6);
-    ``"cosine"`` gives 1 - cosine similarity, comparable in form to the ArcFace column.
+    """dlib's ResNet face descriptor (:class:`perchead.preprocess.identity.DlibFaceEncoder`, 128-D, ships
+    offline): the project's detectors (dlib's HOG by default), dlib's 5- or 68-point alignment, no jitter.
+    ``distance="euclidean"`` is dlib's own convention (same person below ~0.6); ``"cosine"`` gives 1 - cosine
+    similarity, comparable in form to the ArcFace column.
     """
 
     name = "id_dlib"
 
     def __init__(self, distance: Literal["euclidean", "cosine"] = "euclidean", landmarks: Literal[5, 68] = 5,
                  detectors: Sequence[str] = ("dlib",)):
-        if distance not in ("euclidean", "cosine"):
-            raise ValueError(f"dlib identity distance must be 'euclidean' or 'cosine', got {distance!r}")
-        if landmarks not in (5, 68):
-            raise ValueError(f"dlib landmarks must be 5 or 68, got {landmarks!r}")
-        dlib = _import("dlib", "the dlib identity distance", "`pip install dlib-bin`")
-        import warnings
-
-        with warnings.catch_warnings():  # face_recognition_models still imports pkg_resources
-            warnings.simplefilter("ignore")
-            frm = _import("face_recognition_models", "the dlib identity distance",
-                          "`pip install face-recognition-models` (and setuptools<81)")
-        from ..preprocess.detect import DETECTORS
-
-        unknown = [d for d in detectors if d not in DETECTORS]
-        if unknown:
-            raise ValueError(f"unknown face detector(s) {unknown}; choose from {list(DETECTORS)}")
-        predictor = (frm.pose_predictor_five_point_model_location() if landmarks == 5
-                     else frm.pose_predictor_model_location())
-        self._dlib = dlib
-        self.shape_predictor = dlib.shape_predictor(predictor)
-        self.encoder = dlib.face_recognition_model_v1(frm.face_recognition_model_location())
-        self.distance_kind, self.landmarks, self.detectors = distance, landmarks, tuple(detectors)
+        try:
+            self.encoder = DlibFaceEncoder(distance, landmarks, detectors)
+        except FaceIdentityUnavailable as exc:
+            raise MetricUnavailable(str(exc)) from exc
 
     def settings(self) -> dict[str, Any]:
-        return {"model": "dlib_face_recognition_resnet_model_v1 (face_recognition_models)",
-                "landmarks": f"shape_predictor_{self.landmarks}_face_landmarks",
-                "detectors": list(self.detectors),
-                "jitters": 0, "face": "largest detected",
-                "distance": "euclidean (dlib: same person < 0.6)" if self.distance_kind == "euclidean"
-                else "1 - cosine similarity",
-                "no_face": "NaN for the pair, counted"}
+        return {**self.encoder.settings(), "no_face": "NaN for the pair, counted"}
 
     def embed(self, rgb: np.ndarray) -> np.ndarray | None:
-        from ..preprocess.detect import detect_faces
-
-        faces, _ = detect_faces(rgb, self.detectors)
-        if not faces:
-            return None
-        x0, y0, x1, y1 = (int(round(v)) for v in faces[0].box)
-        shape = self.shape_predictor(rgb, self._dlib.rectangle(x0, y0, x1, y1))
-        return np.asarray(self.encoder.compute_face_descriptor(rgb, shape, 0), dtype=np.float64)
+        return self.encoder.embed(rgb)
 
     def distance(self, a: np.ndarray, b: np.ndarray) -> float:
-        if self.distance_kind == "euclidean":
-            return float(np.linalg.norm(a - b))
-        return float(cosine_distance(torch.from_numpy(a), torch.from_numpy(b), dim=0))
+        return self.encoder.distance(a, b)
 
 
 class ArcFaceMetric(IdentityMetric):

@@ -68,7 +68,7 @@ def reconstruct(
     fit_size: int = FitConfig.size,
     fit_gaussians: int = FitConfig.num_gaussians,
     fit_lr: float = FitConfig.lr,
-    fit_mirror_weight: float = FitConfig.mirror_weight,
+    fit_symmetry: bool = FitConfig.symmetry,
     estimate_pose: bool = True,
     likeness: bool = True,
     threads: int | None = None,
@@ -113,7 +113,8 @@ def reconstruct(
         fit_size: side of the renders the fit compares with the photo, pixels.
         fit_gaussians: Gaussians of the fitted head (each predicted one split into children; 0: no split).
         fit_lr: multiplies every learning rate of the fit.
-        fit_mirror_weight: weight of the mirrored photo (seen from the mirrored camera) in the fit.
+        fit_symmetry: colour the side of the face the photo misses from the side it shows, through the
+            template's left-right map (--no-fit-symmetry: the network's colours there).
         estimate_pose: estimate the input camera's yaw and pitch (off: the standard frontal camera).
         likeness: write the dlib identity distance between the photo and renders to reconstruction.json.
         threads: CPU threads for the network and the rasteriser (default: all cores); on a machine busy with
@@ -129,7 +130,7 @@ def reconstruct(
                                backend=backend, estimate_pose=estimate_pose, likeness=likeness,
                                progress=progress,
                                fit=FitConfig(steps=fit_steps, size=fit_size, num_gaussians=fit_gaussians,
-                                             lr=fit_lr, mirror_weight=fit_mirror_weight))
+                                             lr=fit_lr, symmetry=fit_symmetry))
     # Warnings of the preprocessing are printed below, next to the photo they concern.
     logging.getLogger("perchead.preprocess").setLevel(logging.ERROR)
     rec = Reconstructor(config)
@@ -149,7 +150,7 @@ def reconstruct(
                 print(f"perchead reconstruct: {path} frame {index} skipped: {reason}", file=sys.stderr)
             return not res.failures
         result = rec.run(path, target)
-        notes = f" ({'; '.join(result.preprocessed.warnings)})" if result.preprocessed.warnings else ""
+        notes = f" ({'; '.join(result.warnings)})" if result.warnings else ""
         say(f"{path} -> {target}/ [{', '.join(f.name for f in result.files)}]{notes}")
         say(f"  times: {result.times.summary(('preprocess', 'network', 'fit', 'render', 'write'))}")
         if result.likeness and result.likeness.get("photo_face_found"):

@@ -2,20 +2,28 @@
 
 The feed-forward prediction is a complete head (back and top included) in the canonical frame, but a small
 checkpoint cannot carry a real person's likeness by itself. As PanoHead/SphereHead users invert and splat
-pipelines refine, :func:`fit_to_photo` optimises the Gaussians against the matted input seen from the input
-camera, in four steps:
+pipelines refine, :func:`fit_to_photo` refines the Gaussians against the matted input seen from the input
+camera -- but only within the space of plausible heads, so that the sides and the back follow from one head
+rather than from a picture painted for one camera (issue 28):
 
 1. :func:`perchead.inference.pose.estimate_pose` -- the input camera's yaw and pitch relative to the
    predicted head (a photo is not always frontal; the network's head is canonical).
 2. :func:`densify` -- every predicted Gaussian becomes a grid of ``k`` children inside its own covariance (the
    mixture keeps the parent's mean and covariance), so that the fitted head has the paper's 65,536 Gaussians.
-3. :func:`photo_colours` -- Gaussians that the input camera sees take the colour of the photo pixels they
-   contribute to (their exact compositing weights, from one backward pass), before any step.
-4. Adam on every parameter: L1 + SSIM and an alpha loss on the input view; a weaker loss on the mirrored
-   photo seen from the mirrored camera (faces are nearly symmetric, so the far cheek is not left generic);
-   Gaussians that the input camera barely sees are pulled toward the prediction and take steps in proportion
-   to how well they are seen; positions stay within the model's anchored range (``anchor + tanh(.) * s_max``,
-   the position head's own bound).
+3. :func:`project_appearance` -- appearance projected onto the geometry: Gaussians that the input camera sees
+   take the colour of the photo pixels they contribute to (:func:`photo_colours`); a Gaussian whose mirror
+   image through the template's own left-right map (:func:`mirror_index`) is seen better takes that one's
+   colour (the far cheek from the near one); the rest take the colour their template region (face, scalp,
+   ears, neck) has where the photo shows it, with the network's shading on top (the back of the hair from
+   the visible hair).
+4. A bounded refinement (Adam) on the input view (L1 + SSIM and the matte as alpha): Gaussians move only
+   along their template normal and within :attr:`FitConfig.normal_bound`, their scales never grow past
+   :attr:`FitConfig.max_scale_growth` times the prediction's (no stretching into the unseen depth), grazing
+   Gaussians keep their opacity, barely seen ones are pulled back to where step 3 put them and take steps in
+   proportion to how well they are seen, and renders of the step-3 head from unseen views are a weak target.
+   When the photo's matte does not look like the predicted head from the estimated camera (the matte took the
+   background, or the pose is off), the geometry is left alone, only colours are fitted, and
+   :attr:`FitResult.warnings` says so.
 
 Everything here is plain PyTorch on :func:`perchead.render.rasterize`, so it runs on any backend.
 """
@@ -32,6 +40,7 @@ from torch import Tensor
 
 from ..geometry import Gaussians
 from ..geometry.gaussians import rgb_to_sh_dc
+from ..geometry.head_surface import EARS, FACE, NECK, REGION_NAMES, SCALP
 from ..losses.pixel import ssim
 from ..render import rasterize, render_features
 from ..render.project import quat_to_rotmat
@@ -73,15 +82,35 @@ class FitConfig:
     """input-view loss = (1 - w) L1 + w (1 - SSIM)"""
     alpha_weight: float = 0.5
     """weight of |rendered alpha - photo mask| on the input view"""
-    mirror_weight: float = 0.3
-    """weight of the same losses on the mirrored photo from the mirrored camera, reached at ``mirror_yaw_deg``
-    of input yaw (a frontal photo sees both cheeks, so the mirror then adds only a symmetry bias)"""
-    mirror_yaw_deg: float = 20.0
+    symmetry: bool = True
+    """colour a Gaussian the photo does not see from its mirror image through the template's left-right map
+    when the photo sees that one (the far cheek of a turned face from the near one)"""
+    normal_bound: float = 0.012
+    """metres a Gaussian may move along its template normal (the silhouette of hair and cheeks), both ways"""
+    tangent_bound: float = 0.003
+    """metres a Gaussian may slide across the surface (features a few millimetres off the template's)"""
+    max_scale_growth: float = 1.5
+    """a Gaussian's scale along any axis stays below this times the prediction's: one view cannot see how deep
+    a Gaussian is, and a stretched one shows as a streak from the side"""
+    free_regions: tuple[str, ...] = ("neck",)
+    """template regions whose Gaussians keep the position head's whole anchored range and may grow up to
+    ``free_scale_growth``: the template ends at the neck, and the photo's matte goes on into the shoulders and
+    clothes, which the input view must still match"""
+    free_scale_growth: float = 100.0
+    grazing_cos: float = 0.35
+    """Gaussians whose template normal makes a cosine below this with the ray to the camera keep their
+    opacity (seen edge-on, the photo's silhouette would fade or thicken what the profiles see face-on)"""
+    novel_weight: float = 0.2
+    """weight of the renders of the step-3 head from unseen views (:data:`NOVEL_YAWS` from the input camera)
+    as a target: one of them per step, at ``novel_size``"""
+    novel_size: int = 64
+    min_silhouette_iou: float = 0.6
+    """below this IoU between the photo's matte and the predicted head's silhouette from the estimated camera,
+    the matte or the camera is not trusted: only colours are fitted, and a warning says so"""
     prior_weight: float = 1.0
-    """pull of barely seen Gaussians back to the prediction (position in units of s_max, colour, opacity)"""
+    """pull of barely seen Gaussians back to the projected head (position in units of s_max, colour, opacity)"""
     prior_visibility: float = 0.5
     """compositing weight (pixels at ``size``) at which a Gaussian counts as half seen"""
-
     def __post_init__(self) -> None:
         if self.steps < 0:
             raise ValueError(f"--fit-steps must be >= 0, got {self.steps}")
@@ -93,9 +122,16 @@ class FitConfig:
         bad = {k: v for k, v in rates.items() if not (math.isfinite(v) and v > 0)}
         if bad:
             raise ValueError(f"fitting learning rates must be positive and finite, got {bad}")
-        weights = {k: getattr(self, k) for k in ("ssim_weight", "alpha_weight", "mirror_weight", "prior_weight")}
+        weights = {k: getattr(self, k) for k in ("ssim_weight", "alpha_weight", "prior_weight", "novel_weight",
+                                                 "normal_bound", "tangent_bound")}
         if any(not (math.isfinite(v) and v >= 0) for v in weights.values()) or self.ssim_weight > 1:
             raise ValueError(f"fitting weights must be >= 0 (ssim_weight <= 1), got {weights}")
+        unknown = [r for r in self.free_regions if r not in REGION_NAMES]
+        if unknown:
+            raise ValueError(f"free_regions must be among {REGION_NAMES}, got {unknown}")
+        if not (self.max_scale_growth >= 1 and self.free_scale_growth >= 1) or self.novel_size < 16:
+            raise ValueError(f"need max_scale_growth >= 1 and novel_size >= 16, got {self.max_scale_growth} "
+                             f"and {self.novel_size}")
 
 
 @dataclass
@@ -110,6 +146,11 @@ class FitResult:
     seconds: float = 0.0
     seen_fraction: float = 0.0
     """share of the Gaussians that the input camera sees (more than half of ``prior_visibility``)"""
+    silhouette_iou: float = math.nan
+    """IoU of the photo's matte and the predicted head's silhouette from the input camera (:func:`head_iou`)"""
+    geometry_fitted: bool = True
+    """False when the matte or the camera was not trusted and only colours were fitted"""
+    warnings: list[str] = field(default_factory=list)
 
     def metadata(self, config: FitConfig) -> dict:
         hist = self.losses
@@ -120,24 +161,33 @@ class FitResult:
                 "loss_curve": [[i, round(hist[i], 6)] for i in keep],
                 "input_l1_before": round(self.input_l1[0], 6), "input_l1_after": round(self.input_l1[1], 6),
                 "seen_fraction": round(self.seen_fraction, 4),
+                "silhouette_iou": None if math.isnan(self.silhouette_iou) else round(self.silhouette_iou, 4),
+                "geometry_fitted": self.geometry_fitted, "warnings": list(self.warnings),
                 "config": {k: v for k, v in asdict(config).items()}}
 
 
-# -- cameras -------------------------------------------------------------------------------------------------
-_FLIP_X = torch.diag(torch.tensor([-1.0, 1.0, 1.0, 1.0]))
+# -- the template's left-right map --------------------------------------------------------------------------
+NOVEL_YAWS = (60.0, -60.0, 100.0, -100.0, 180.0)
+"""degrees of yaw from the input camera of the views whose renders of the projected head are a weak target"""
 
 
-def mirror_viewmat(viewmat: Tensor) -> Tensor:
-    """The camera that sees the head mirrored in its x = 0 plane (left <-> right) as the horizontally
-    flipped image of ``viewmat``: a symmetric head renders from it as the flipped photo."""
-    flip = _FLIP_X.to(viewmat)
-    return flip @ viewmat @ flip
+def mirror_index(points: Tensor, parents: Tensor | None = None, offsets: Tensor | None = None) -> Tensor:
+    """[N] index of the point nearest to each point's mirror image in the head's x = 0 plane (left <-> right).
 
-
-def mirror_ramp(yaw_deg: float, full_deg: float) -> float:
-    """0 up to 5 degrees of yaw (a frontal photo: the mirror would only blur its asymmetries, and costs a
-    render per step), rising linearly to 1 at ``full_deg``."""
-    return min(1.0, max(0.0, (abs(yaw_deg) - 5.0) / max(full_deg - 5.0, 1e-6)))
+    ``points`` [P, 3] are the template's (or the prediction's) points. With ``parents`` [N] (children made by
+    :func:`densify`, ``k`` contiguous children per parent) and the children's ``offsets`` [N, 3] from their
+    parent, the map is of the children: child i of parent p goes to the child of p's mirror whose offset is
+    nearest to i's offset mirrored (the children grids of mirrored parents are not laid out alike)."""
+    flip = torch.tensor([-1.0, 1.0, 1.0], device=points.device)
+    mirror = torch.cat([torch.cdist(chunk * flip, points).argmin(-1) for chunk in points.split(4096)])
+    if parents is None:
+        return mirror
+    if offsets is None:
+        raise ValueError("mirror_index: give the children's offsets with their parents")
+    k = len(parents) // len(points)
+    candidates = mirror[parents][:, None] * k + torch.arange(k, device=points.device)  # [N, k]
+    d = (offsets[candidates] - (offsets * flip)[:, None]).square().sum(-1)
+    return candidates.gather(1, d.argmin(-1, keepdim=True))[:, 0]
 
 
 # -- 2. densify ----------------------------------------------------------------------------------------------
@@ -224,6 +274,64 @@ def paint(gaussians: Gaussians, colour: Tensor, weight: Tensor, prior_visibility
     return gaussians.replace(sh=rgb_to_sh_dc(blend * colour + (1 - blend) * gaussians.rgb).unsqueeze(-2))
 
 
+REGION_FALLBACK = {EARS: FACE, NECK: FACE}
+"""a region the photo does not show takes the colour of this one (ears under hair, a neck in shadow: skin)"""
+SHADING_KEPT = 0.5
+"""share of the network's own colour variation (about its region's mean) kept on the Gaussians coloured by
+their region: the shading of the hair and the skin, without its generic colour"""
+
+
+def region_colour(colour: Tensor, seen: Tensor, height: Tensor, top_only: bool) -> Tensor | None:
+    """The per-channel median photo colour of the well seen Gaussians of a region (``top_only``: of the upper
+    half of them, the hair rather than a forehead the template calls scalp), None when fewer than 16 are seen."""
+    sel = seen > 0.5
+    if top_only and int(sel.sum()) >= 32:
+        sel = sel & (height >= height[sel].median())
+    if int(sel.sum()) < 16:
+        return None
+    return colour[sel].median(0).values
+
+
+def project_appearance(gaussians: Gaussians, colour: Tensor, weight: Tensor, prior_visibility: float,
+                       regions: Tensor | None = None, mirror: Tensor | None = None) -> tuple[Gaussians, Tensor]:
+    """Colours of the Gaussians projected from the photo (step 3 of the module docstring).
+
+    ``colour``, ``weight``: :func:`photo_colours` from the input camera. ``mirror``: :func:`mirror_index` of
+    the Gaussians (None: no symmetry). ``regions`` [N]: each Gaussian's template region
+    (:data:`~perchead.geometry.head_surface.REGION_NAMES`; None: the head is one region). Returns the
+    repainted Gaussians and how well each one's colour is known from the photo (in [0, 1], its mirror's
+    included): the fit steps each Gaussian in proportion to it."""
+    seen = weight / (weight + prior_visibility)
+    if mirror is not None:
+        by_mirror = seen[mirror] > seen
+        colour = torch.where(by_mirror[:, None], colour[mirror], colour)
+        seen = torch.maximum(seen, seen[mirror])
+    pred = gaussians.rgb
+    regions = torch.zeros(len(pred), dtype=torch.long, device=pred.device) if regions is None else regions
+    height = gaussians.means[:, 1]
+    known = {int(r): region_colour(colour[regions == r], seen[regions == r], height[regions == r], int(r) == SCALP)
+             for r in regions.unique()}
+    unseen = pred.clone()
+    for r in known:
+        target = known[r] if known[r] is not None else known.get(REGION_FALLBACK.get(r, -1))
+        if target is None:
+            continue  # nothing of it in the photo: the network's colour
+        sel = regions == r
+        unseen[sel] = target + SHADING_KEPT * (pred[sel] - pred[sel].mean(0))
+    rgb = seen[:, None] * colour + (1 - seen[:, None]) * unseen.clamp(0, 1)
+    return gaussians.replace(sh=rgb_to_sh_dc(rgb.clamp(0, 1)).unsqueeze(-2)), seen
+
+
+def template_inputs(model) -> dict:
+    """``fit_to_photo``'s template arguments for a :class:`~perchead.model.PercHead` (anchors, s_max, normals,
+    regions of its template decoder; none for other decoders: positions free, no symmetry, one region)."""
+    if model.config.decoder != "template":
+        return {}
+    anchors, normals = model.template.points()
+    return {"anchors": anchors, "s_max": float(model.heads.s_max_m), "normals": normals,
+            "regions": model.template.region.reshape(-1)}
+
+
 # -- 4. the fit ----------------------------------------------------------------------------------------------
 class FitParams(torch.nn.Module):
     """The optimised parameters, with the position bound built in."""
@@ -269,15 +377,20 @@ def view_loss(out_rgb: Tensor, out_alpha: Tensor, image: Tensor, mask: Tensor, c
 
 def fit_to_photo(gaussians: Gaussians, image: Tensor, mask: Tensor, config: FitConfig | None = None,
                  anchors: Tensor | None = None, s_max: float | None = None, pose: Pose | None = None,
-                 backend: str = "auto", progress: FitProgress | None = None) -> FitResult:
+                 backend: str = "auto", progress: FitProgress | None = None, normals: Tensor | None = None,
+                 regions: Tensor | None = None) -> FitResult:
     """Fit the predicted head ``gaussians`` (unbatched) to the photo.
 
     Args:
         image: [3, H, W] the photo matted on white, in [0, 1].
         mask: [1, H, W] its foreground alpha.
         anchors: [N_pred, 3] template points the prediction is anchored on, with ``s_max`` the position
-            head's per-axis bound in metres: fitted positions stay within it. None: positions are free.
+            head's per-axis bound in metres: fitted positions stay within it, and the left-right map of the
+            symmetry is the template's. None: positions are free, the map is the prediction's.
         pose: the input camera; None: :func:`perchead.inference.pose.estimate_pose`.
+        normals: [N_pred, 3] the template's unit normals (None: the direction from the head's centre).
+        regions: [N_pred] the template's region ids (None: one region).
+        (:func:`template_inputs` gives anchors, s_max, normals and regions of a model.)
     Raises:
         FitDivergedError: a loss or parameter became NaN/infinite.
     """
@@ -286,11 +399,36 @@ def fit_to_photo(gaussians: Gaussians, image: Tensor, mask: Tensor, config: FitC
     with torch.inference_mode(False), torch.enable_grad():
         gaussians = Gaussians(*(t.clone() for t in gaussians.tensors().values()))
         return _fit(gaussians, image.clone(), mask.clone(), config or FitConfig(), anchors, s_max, pose,
-                    backend, progress)
+                    backend, progress, normals, regions)
+
+
+def turned_viewmats(viewmat: Tensor, yaws: tuple[float, ...]) -> Tensor:
+    """[len(yaws), 4, 4] ``viewmat`` orbited about the head's vertical axis by each yaw (degrees)."""
+    out = []
+    for yaw in yaws:
+        c, s = math.cos(math.radians(yaw)), math.sin(math.radians(yaw))
+        rot = torch.eye(4, device=viewmat.device, dtype=viewmat.dtype)
+        rot[0, 0], rot[0, 2], rot[2, 0], rot[2, 2] = c, s, -s, c
+        out.append(viewmat @ rot)
+    return torch.stack(out)
+
+
+def head_iou(alpha: Tensor, free_share: Tensor, mask: Tensor) -> float:
+    """IoU of the predicted silhouette (``alpha`` > 0.5) and the photo's ``mask`` over the rows where the
+    prediction draws the head itself (not the free regions, ``free_share`` < 0.5 of its alpha): shoulders and
+    clothes below the template's neck do not count, a matte that took the background beside the head does."""
+    head = (alpha > 0.5) & (free_share < 0.5)
+    rows = torch.nonzero(head.any(-1))
+    if len(rows) == 0:
+        return 0.0
+    a, m = (alpha > 0.5)[rows.min():rows.max() + 1], (mask > 0.5)[rows.min():rows.max() + 1]
+    union = int((a | m).sum())
+    return int((a & m).sum()) / union if union else 0.0
 
 
 def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anchors: Tensor | None,
-         s_max: float | None, pose: Pose | None, backend: str, progress: FitProgress | None) -> FitResult:
+         s_max: float | None, pose: Pose | None, backend: str, progress: FitProgress | None,
+         normals: Tensor | None, regions: Tensor | None) -> FitResult:
     start = time.perf_counter()
     device = gaussians.means.device
     if pose is None:
@@ -303,42 +441,112 @@ def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anch
     img = resize_to(image, size).to(device)[None]
     msk = resize_to(mask, size).to(device)[None]
     vm = pose.viewmat.to(device)
-    vm_m = mirror_viewmat(vm)
     K = camera_K(size).to(device)[None]
-    # The mirror only helps where the photo misses a side of the face: ramped in with the yaw.
-    mirror_w = cfg.mirror_weight * mirror_ramp(pose.yaw_deg, cfg.mirror_yaw_deg)
 
     dense, parents = densify(gaussians.detach(), cfg.num_gaussians or len(gaussians))
     colour, weight = photo_colours(dense, vm, img[0], msk[0], backend)
-    seen = weight / (weight + cfg.prior_visibility)  # 0: never seen, -> 1: well seen
-    if mirror_w > 0:
-        colour_m, weight_m = photo_colours(dense, vm_m, img[0].flip(-1), msk[0].flip(-1), backend)
-        # Seen only in the mirror: take the mirrored photo's colour (the photo's colour stays where both see it)
-        only_m = weight_m > weight
-        colour = torch.where(only_m[:, None], colour_m, colour)
-        seen = torch.maximum(seen, mirror_w / cfg.mirror_weight * weight_m / (weight_m + cfg.prior_visibility))
-        weight = torch.maximum(weight, weight_m)
-    dense = paint(dense, colour, weight, cfg.prior_visibility)
+    # The normal each Gaussian may move along: its template point's (or, without one, away from the centre).
+    if normals is not None:
+        normal = normals.to(device)[parents]
+    else:
+        normal = torch.nn.functional.normalize(dense.means - dense.means.mean(0), dim=-1)
+    centre = torch.linalg.inv(vm)[:3, 3]
+    to_camera = torch.nn.functional.normalize(centre - dense.means, dim=-1)
+    grazing = (normal * to_camera).sum(-1).abs() < cfg.grazing_cos
+    free = torch.zeros_like(grazing)
+    if regions is not None and cfg.free_regions:
+        ids = torch.tensor([REGION_NAMES.index(r) for r in cfg.free_regions], device=device)
+        free = torch.isin(regions.to(device)[parents], ids)
+
+    with torch.no_grad():
+        novel_vms = turned_viewmats(vm, NOVEL_YAWS)
+        novel_K = camera_K(cfg.novel_size).to(device)[None]
+        share, alpha = render_features(dense, free[:, None].float(), vm[None], K, size, size, backend=backend)
+        iou = head_iou(alpha[0, ..., 0], share[0, ..., 0] / alpha[0, ..., 0].clamp_min(1e-6), msk[0, 0])
+    warnings: list[str] = []
+    geometry = iou >= cfg.min_silhouette_iou
+    if not geometry:
+        warnings.append(f"the photo's matte and the predicted head seen from the estimated camera (yaw "
+                        f"{pose.yaw_deg:+.0f}, pitch {pose.pitch_deg:+.0f}, {pose.method}) overlap little "
+                        f"(silhouette IoU {iou:.2f} < {cfg.min_silhouette_iou}): the matte or the camera is not "
+                        "trusted, so only colours were fitted, and the far side was not mirrored")
+
+    mirror = None
+    # Through a head that does not sit where the photo's does (the reason it is not trusted), the mirror
+    # would paint the photo's face a second time beside the first (seen on a held-out photo).
+    if cfg.symmetry and geometry:
+        points = gaussians.means.detach() if anchors is None else anchors.to(device)
+        offsets = dense.means - gaussians.means.detach()[parents]
+        mirror = mirror_index(points, parents, offsets) if len(dense) > len(gaussians) else mirror_index(points)
+    dense, seen = project_appearance(dense, colour, weight, cfg.prior_visibility,
+                                     None if regions is None else regions.to(device)[parents], mirror)
 
     params = FitParams(dense, None if anchors is None else anchors.to(device)[parents], s_max)
     prior = Prior.of(params, dense, s_max)
     trust = seen.detach().sqrt()  # partly seen silhouette Gaussians still need to move to match the outline
     unseen = 1.0 - trust
+    start_means = params.means().detach().clone()
+    start_opacity = dense.opacity_logits.detach().clone()
+    hold = grazing if geometry else torch.ones_like(grazing)
+    with torch.no_grad():
+        # The novel views' target covers the head only: the free regions reach for shoulders the template
+        # does not have, and the network's renders of them from the side say nothing about those.
+        feats, novel_alpha = render_features(dense, torch.cat([dense.rgb, free[:, None].float()], -1), novel_vms,
+                                             novel_K.expand(len(novel_vms), 3, 3), cfg.novel_size, cfg.novel_size,
+                                             backend=backend)
+        novel_rgb = (feats[..., :3] + (1 - novel_alpha)).permute(0, 3, 1, 2)  # on white, as rasterize
+        novel_alpha = novel_alpha.permute(0, 3, 1, 2)
+        novel_w = (1 - feats[..., 3:] / novel_alpha.permute(0, 2, 3, 1).clamp_min(1e-6)).clamp(0, 1)
+        novel_w = novel_w.permute(0, 3, 1, 2)
+    growth = torch.where(free, math.log(cfg.free_scale_growth), math.log(cfg.max_scale_growth))
+    max_scales = dense.log_scales.detach() + growth[:, None]
+    hold = hold & ~free if geometry else hold
+    if geometry:
+        # what the free regions reach for (shoulders, clothes) is no part of the network's head: nothing to
+        # hold them to, and they step as fully as what the camera sees best
+        trust = torch.where(free, torch.ones_like(trust), trust)
+        unseen = torch.where(free, torch.zeros_like(unseen), unseen)
+
+    def after_step() -> None:
+        if geometry:
+            d = params.means() - start_means
+            along = (d * normal).sum(-1, keepdim=True)
+            across = d - along * normal
+            length = across.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            bounded = (start_means + along.clamp(-cfg.normal_bound, cfg.normal_bound) * normal
+                       + across * (cfg.tangent_bound / length).clamp(max=1.0))
+            params.set_means(torch.where(free[:, None], params.means(), bounded))
+            params.log_scales.copy_(torch.minimum(params.log_scales, max_scales))
+        else:
+            params.set_means(start_means)
+            params.log_scales.copy_(dense.log_scales)
+        params.opacity_logits.copy_(torch.where(hold, start_opacity, params.opacity_logits))
+
+    step = [0]
 
     def total_loss() -> tuple[Tensor, Tensor]:
         g = params.gaussians()
-        cams = torch.stack([vm, vm_m]) if mirror_w > 0 else vm[None]
-        out = rasterize(g, cams, K.expand(len(cams), 3, 3), size, size, backend=backend, check_finite=False)
+        out = rasterize(g, vm[None], K, size, size, backend=backend, check_finite=False)
         rgb, alpha = out.rgb.permute(0, 3, 1, 2), out.alpha.permute(0, 3, 1, 2)
-        l1_input = (rgb[:1] - img).abs().mean()
-        loss = view_loss(rgb[:1], alpha[:1], img, msk, cfg)
-        if mirror_w > 0:
-            loss = loss + mirror_w * view_loss(rgb[1:], alpha[1:], img.flip(-1), msk.flip(-1), cfg)
+        l1_input = (rgb - img).abs().mean()
+        # Colours are compared inside the matte only: outside it the alpha term alone makes Gaussians go. On
+        # white, turning a Gaussian white matches as well as fading it, and grazing ones, whose opacity is
+        # held, turned into white patches beside the neck seen from the side.
+        loss = view_loss(torch.where(msk > 0.5, rgb, img), alpha, img, msk, cfg)
+        if cfg.novel_weight > 0:
+            i = step[0] % len(NOVEL_YAWS)
+            step[0] += 1
+            nov = rasterize(g, novel_vms[i:i + 1], novel_K, cfg.novel_size, cfg.novel_size, backend=backend,
+                            check_finite=False)
+            w = novel_w[i:i + 1]
+            loss = loss + cfg.novel_weight * (
+                (w * (nov.rgb.permute(0, 3, 1, 2) - novel_rgb[i:i + 1]).abs()).mean()
+                + (w * (nov.alpha.permute(0, 3, 1, 2) - novel_alpha[i:i + 1]).abs()).mean())
         return loss + cfg.prior_weight * prior.loss(g, unseen), l1_input
 
-    fitted, losses, l1s = optimise(params, trust, total_loss, cfg, anchors is not None, progress)
+    fitted, losses, l1s = optimise(params, trust, total_loss, cfg, anchors is not None, progress, after_step)
     return FitResult(fitted, pose, cfg.steps, losses, l1s, time.perf_counter() - start,
-                     float((seen > 0.5).float().mean()))
+                     float((seen > 0.5).float().mean()), iou, geometry, warnings)
 
 
 @dataclass
@@ -400,7 +608,7 @@ def optimise(params: FitParams, trust: Tensor, total_loss: Callable[[], tuple[Te
             opt.step()
             # Adam's steps do not shrink with the gradient, so a Gaussian behind the face that a nearly
             # transparent front lets through a 1e-6 gradient would move as fast as a visible one: each
-            # Gaussian's step is scaled by how well the input camera (or the mirror) sees it.
+            # Gaussian's step is scaled by how well the input camera sees it (or its mirror image).
             for p, old in zip(params.parameters(), before, strict=True):
                 t = position_trust if p is params.pos and position_trust is not None else trust
                 p.copy_(old + t.view(-1, *[1] * (p.ndim - 1)) * (p - old))
@@ -423,5 +631,5 @@ def optimise(params: FitParams, trust: Tensor, total_loss: Callable[[], tuple[Te
 
 
 __all__ = ["FitConfig", "FitDivergedError", "FitParams", "FitProgress", "FitResult", "Prior", "child_grid",
-           "densify", "fit_to_photo", "mirror_viewmat", "optimise", "paint", "photo_colours",
-           "view_loss"]
+           "densify", "fit_to_photo", "mirror_index", "optimise", "paint", "photo_colours", "project_appearance",
+           "head_iou", "template_inputs", "turned_viewmats", "view_loss"]

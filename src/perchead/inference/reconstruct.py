@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -49,7 +50,7 @@ from ..io.commands import GRID_VIEWS
 from ..preprocess import PreprocessConfig, Preprocessed, preprocess_image
 from ..preprocess.io import DEFAULT_MAX_PIXELS, ImageInput
 from ..render import gsplat_available, rasterize
-from .fit import FitConfig, FitResult, fit_to_photo
+from .fit import FitConfig, FitResult, fit_to_photo, template_inputs
 from .pose import Pose, camera_K, estimate_pose
 
 Progress = Callable[[float, str], None]
@@ -70,9 +71,12 @@ RENDER_CHUNK = 8  # cameras per rasterize() call: bounds memory for long turntab
 # Names of the files written for one photo, in the order they are written.
 PHOTO_FILES = ("head.ply", "head.splat", "turntable.mp4", "views.png", "input_view.png", "input_crop.png",
                "input_mask.png", "reconstruction.json")
-LIKENESS_YAWS = (0.0, -30.0, 30.0)
-"""yaws (degrees, pitch 0) of the renders whose dlib identity distance to the photo ``reconstruction.json``
-reports, besides the input camera's"""
+LIKENESS_TURNS = (30.0, -30.0, 45.0, -45.0)
+"""degrees by which the input camera is turned about the head's vertical axis for the renders whose dlib
+identity distance to the photo ``reconstruction.json`` reports, besides the input view and the front view: a
+head that is a head there, not a picture painted for one camera (issue 28)"""
+LIKENESS_CHECK_SIZE = 256
+"""side of the back view whose colour is compared with the photo's hair"""
 
 
 @dataclass
@@ -181,6 +185,12 @@ class Reconstruction:
     times: StageTimes = field(default_factory=StageTimes)
     files: list[Path] = field(default_factory=list)
     """filled by :meth:`Reconstructor.write`"""
+
+    @property
+    def warnings(self) -> list[str]:
+        """What may make the head untrustworthy: the preprocessing's notes (matting, crop) and the fit's (a
+        matte or camera it did not trust)."""
+        return [*self.preprocessed.warnings, *(self.fit.warnings if self.fit is not None else [])]
 
 
 class Reconstructor:
@@ -324,9 +334,6 @@ class Reconstructor:
             pose = estimate_pose(image, mask)
         if cfg.steps == 0:
             return pose, None
-        anchors, s_max = None, None
-        if self.model.config.decoder == "template":
-            anchors, s_max = self.model.template.points()[0], float(self.model.heads.s_max_m)
         bar = None
         if self.config.progress:
             from tqdm import tqdm
@@ -340,8 +347,8 @@ class Reconstructor:
                 bar.update(1)
 
         try:
-            result = fit_to_photo(gaussians, image, mask, cfg, anchors=anchors, s_max=s_max, pose=pose,
-                                  backend=self.config.backend, progress=step)
+            result = fit_to_photo(gaussians, image, mask, cfg, pose=pose, backend=self.config.backend,
+                                  progress=step, **template_inputs(self.model))
         finally:
             if bar is not None:
                 bar.close()
@@ -371,10 +378,14 @@ class Reconstructor:
                               times=times, sharpened=sharpens)
 
     def likeness(self, rec: Reconstruction) -> dict:
-        """How much the head looks like the photo: the PSNR of the input-view render against the matted photo
-        over the photo's mask, and dlib identity distances between the photo's crop and the renders from the
-        input camera and at :data:`LIKENESS_YAWS` (same person below 0.6; None where dlib finds no face)."""
-        from ..eval.metrics import DlibIdentityMetric, psnr
+        """How much the head looks like the photo, and from every side: the PSNR of the input-view render
+        against the matted photo over the photo's mask; dlib identity distances between the photo's crop and
+        the renders from the input camera, the front and the input camera turned by :data:`LIKENESS_TURNS`
+        (``turn_+30``: same person below 0.6; None where dlib finds no face); and ``back_delta_e``
+        (:func:`back_colour_difference`, the back of the head against the top of the photo's head)."""
+        from ..eval.metrics import psnr
+        from ..preprocess.identity import DlibFaceEncoder
+        from .fit import turned_viewmats
 
         size = self.config.size
         matted = torch.from_numpy(resize_square(rec.preprocessed.image, size)).permute(2, 0, 1).float() / 255
@@ -382,17 +393,25 @@ class Reconstructor:
                                                                                        Image.Resampling.BILINEAR)))
         view = torch.from_numpy(rec.input_view).permute(2, 0, 1).float() / 255
         out: dict = {"input_view_masked_psnr_db": round(float(psnr(view, matted, mask[None].float())), 3)}
-        metric = DlibIdentityMetric()
+        s = LIKENESS_CHECK_SIZE
+        back_vm = turned_viewmats(rec.pose.viewmat, (180.0,))
+        with torch.inference_mode():
+            back = rasterize(rec.gaussians.to(self.render_device), back_vm.to(self.render_device),
+                             camera_K(s)[None].to(self.render_device), s, s, backend=self.config.backend)
+        delta_e = back_colour_difference(
+            back.rgb[0].float().cpu().numpy(), back.alpha[0, ..., 0].float().cpu().numpy(),
+            resize_square(rec.preprocessed.crop, s) / 255.0,
+            np.asarray(Image.fromarray(rec.preprocessed.mask).resize((s, s), Image.Resampling.BILINEAR)))
+        out["back_delta_e"] = None if math.isnan(delta_e) else round(delta_e, 2)
+        metric = DlibFaceEncoder()
         photo = metric.embed(np.ascontiguousarray(rec.preprocessed.crop))
         out.update({"metric": "dlib euclidean distance (same person < 0.6)", "photo_face_found": photo is not None})
         if photo is None:
             return out
-        # yaw 0 is the grid's front view, already rendered; only the turned ones are new.
-        turned = [y for y in LIKENESS_YAWS if y != 0.0]
-        extra = self.render(rec.gaussians, orbit_viewmats(turned, [0.0] * len(turned), HEAD_CAMERA_RADIUS),
-                            rec.sharpened)
+        # the front is the grid's first view, already rendered; only the turned ones are new.
+        extra = self.render(rec.gaussians, turned_viewmats(rec.pose.viewmat, LIKENESS_TURNS), rec.sharpened)
         views = {"input_view": rec.input_view, "yaw_+0": rec.views[0],
-                 **{f"yaw_{y:+.0f}": v for y, v in zip(turned, extra, strict=True)}}
+                 **{f"turn_{t:+.0f}": v for t, v in zip(LIKENESS_TURNS, extra, strict=True)}}
         for name, image in views.items():
             e = metric.embed(np.ascontiguousarray(image))
             out[name] = None if e is None else round(metric.distance(photo, e), 4)
@@ -454,6 +473,8 @@ class Reconstructor:
             "sharpen_size": self.sharpen_size if rec.sharpened else None,
             "input_camera": rec.pose.metadata(self.config.size),
             "fit": rec.fit.metadata(self.config.fit) if rec.fit is not None else {"ran": False, "steps": 0},
+            # everything a user should know before trusting the head: the preprocessing's and the fit's
+            "warnings": rec.warnings,
             "likeness": rec.likeness,
             "render": {"size": self.config.size, "video_size": self.config.video_size or self.config.size,
                        "frames": self.config.frames if rec.turntable is not None
@@ -522,6 +543,37 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
         return image
     # np.array, not np.asarray: PIL's buffer is read-only and torch.from_numpy of it warns (and must not write)
     return np.array(Image.fromarray(image).resize((size, size), Image.Resampling.LANCZOS))
+
+
+def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """[..., 3] sRGB in [0, 1] -> CIE L*a*b* (D65 white), as skimage.color.rgb2lab."""
+    rgb = np.asarray(rgb, dtype=np.float64)
+    linear = np.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    xyz = linear @ np.array([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169],
+                             [0.019334, 0.119193, 0.950227]]).T
+    xyz = xyz / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16.0 / 116.0)
+    return np.stack([116.0 * f[..., 1] - 16.0, 500.0 * (f[..., 0] - f[..., 1]), 200.0 * (f[..., 1] - f[..., 2])], -1)
+
+
+def back_colour_difference(back_rgb: np.ndarray, back_alpha: np.ndarray, crop: np.ndarray, mask: np.ndarray) -> float:
+    """CIE76 delta E between the median Lab colour of the upper half of the back view's silhouette (alpha >
+    0.5) and that of the top band (15% of its height) of the photo's head in the crop: the back of the hair
+    against the hair the photo shows (the scalp where bald). Images [S, S, 3] in [0, 1], alpha and mask
+    [S, S]. NaN when either is empty."""
+    def top(weight: np.ndarray, share: float) -> np.ndarray:
+        rows = np.nonzero((weight > 0.5).any(1))[0]
+        if len(rows) == 0:
+            return np.zeros_like(weight, dtype=bool)
+        limit = rows.min() + share * (rows.max() - rows.min())
+        return (weight > 0.5) & (np.arange(len(weight))[:, None] < limit)
+
+    back, photo = top(back_alpha, 0.5), top(mask, 0.15)
+    if not back.any() or not photo.any():
+        return math.nan
+    a = np.median(srgb_to_lab(back_rgb)[back], axis=0)
+    b = np.median(srgb_to_lab(crop)[photo], axis=0)
+    return float(np.linalg.norm(a - b))
 
 
 @contextlib.contextmanager

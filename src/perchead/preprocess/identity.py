@@ -1,0 +1,86 @@
+"""Face identity: dlib's face descriptor, shared by the reconstruction's likeness report
+(:mod:`perchead.inference.reconstruct`) and the evaluation's identity metric
+(:class:`perchead.eval.metrics.DlibIdentityMetric`). It sits with the face detectors it uses, below both."""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from ..losses.base import cosine_distance
+from .detect import DETECTORS, detect_faces
+
+SAME_PERSON = 0.6
+"""dlib's euclidean distance below which two faces are the same person"""
+
+
+class FaceIdentityUnavailable(RuntimeError):
+    """dlib or its models do not import here; the message says what to install."""
+
+
+def _import(module: str, install: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise FaceIdentityUnavailable(f"the dlib identity distance needs the `{module}` package, which does not "
+                                      f"import here ({exc}); {install}") from exc
+
+
+class DlibFaceEncoder:
+    """dlib's ResNet face descriptor (``dlib_face_recognition_resnet_model_v1``, 128-D, ships offline).
+
+    Faces are found with the project's detectors (:func:`perchead.preprocess.detect_faces`, dlib's HOG
+    detector by default, as face_recognition does), aligned with dlib's 5- or 68-point shape predictor, and
+    described without jitter. ``distance="euclidean"`` is dlib's own convention (same person below
+    :data:`SAME_PERSON`); ``"cosine"`` gives 1 - cosine similarity.
+    """
+
+    def __init__(self, distance: Literal["euclidean", "cosine"] = "euclidean", landmarks: Literal[5, 68] = 5,
+                 detectors: Sequence[str] = ("dlib",)):
+        if distance not in ("euclidean", "cosine"):
+            raise ValueError(f"dlib identity distance must be 'euclidean' or 'cosine', got {distance!r}")
+        if landmarks not in (5, 68):
+            raise ValueError(f"dlib landmarks must be 5 or 68, got {landmarks!r}")
+        unknown = [d for d in detectors if d not in DETECTORS]
+        if unknown:
+            raise ValueError(f"unknown face detector(s) {unknown}; choose from {list(DETECTORS)}")
+        dlib = _import("dlib", "`pip install dlib-bin`")
+        with warnings.catch_warnings():  # face_recognition_models still imports pkg_resources
+            warnings.simplefilter("ignore")
+            frm = _import("face_recognition_models", "`pip install face-recognition-models` (and setuptools<81)")
+        predictor = (frm.pose_predictor_five_point_model_location() if landmarks == 5
+                     else frm.pose_predictor_model_location())
+        self._dlib = dlib
+        self.shape_predictor = dlib.shape_predictor(predictor)
+        self.encoder = dlib.face_recognition_model_v1(frm.face_recognition_model_location())
+        self.distance_kind, self.landmarks, self.detectors = distance, landmarks, tuple(detectors)
+
+    def settings(self) -> dict[str, Any]:
+        return {"model": "dlib_face_recognition_resnet_model_v1 (face_recognition_models)",
+                "landmarks": f"shape_predictor_{self.landmarks}_face_landmarks",
+                "detectors": list(self.detectors),
+                "jitters": 0, "face": "largest detected",
+                "distance": f"euclidean (dlib: same person < {SAME_PERSON})" if self.distance_kind == "euclidean"
+                else "1 - cosine similarity"}
+
+    def embed(self, rgb: np.ndarray) -> np.ndarray | None:
+        """128-D descriptor of the largest face in a C-contiguous uint8 HxWx3 RGB image, None if none found."""
+        faces, _ = detect_faces(rgb, self.detectors)
+        if not faces:
+            return None
+        x0, y0, x1, y1 = (int(round(v)) for v in faces[0].box)
+        shape = self.shape_predictor(rgb, self._dlib.rectangle(x0, y0, x1, y1))
+        return np.asarray(self.encoder.compute_face_descriptor(rgb, shape, 0), dtype=np.float64)
+
+    def distance(self, a: np.ndarray, b: np.ndarray) -> float:
+        if self.distance_kind == "euclidean":
+            return float(np.linalg.norm(a - b))
+        return float(cosine_distance(torch.from_numpy(a), torch.from_numpy(b), dim=0))
+
+
+__all__ = ["SAME_PERSON", "DlibFaceEncoder", "FaceIdentityUnavailable"]

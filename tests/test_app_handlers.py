@@ -321,9 +321,13 @@ def test_a_session_keeps_only_its_newest_result_and_a_closed_page_takes_its_file
         app.end_session("page-1")  # the page was closed
         assert not second.files["ply"].parent.exists() and not upload.exists() and not upload.parent.exists()
         assert other.files["ply"].is_file() and EXAMPLE_PHOTO.is_file()  # another page's; not an upload
+        before = os.environ.get("GRADIO_TEMP_DIR")
+        app.take_gradio_temp_dir()  # what ui.launch does: gradio's uploads and copies go into the app's folder
+        assert os.environ["GRADIO_TEMP_DIR"] == str(app.root)
     finally:
         app.close()
     assert not any((tmp_path / "work").iterdir())
+    assert os.environ.get("GRADIO_TEMP_DIR") == before  # no later page writes into the deleted folder
 
 
 def test_keep_results_keeps_them_and_deletes_the_uploads(app, tmp_path):

@@ -200,6 +200,7 @@ class PercheadApp:
         self._lock = threading.Lock()
         self._counter = itertools.count(1)
         self._closed = False
+        self._gradio_temp_before: str | None = None
         self._latest: dict[tuple[str, str], Path] = {}
         """(session, kind) -> the session's latest result folder of that kind, replaced by its next one"""
         self._uploads: dict[str, set[Path]] = {}
@@ -254,10 +255,22 @@ class PercheadApp:
         """What the editing checkpoint's authors say about it (the bundled demo: text prompts are not understood)."""
         return self.edit_rec.model.notice if self.edit_rec is not None else ""
 
+    def take_gradio_temp_dir(self) -> None:
+        """Make :attr:`root` gradio's temporary folder (uploads, copies of what the page shows). gradio reads
+        ``GRADIO_TEMP_DIR`` when components are built and while it serves, so it stays set until :meth:`close`."""
+        if os.environ.get("GRADIO_TEMP_DIR") != str(self.root):
+            self._gradio_temp_before = os.environ.get("GRADIO_TEMP_DIR")
+            os.environ["GRADIO_TEMP_DIR"] = str(self.root)
+
     def close(self) -> None:
         """Delete the app's folder: every upload, gradio's copies and (unless ``keep_results``) the results.
         Safe to call more than once; requests still running write nothing after it."""
         self._closed = True
+        if os.environ.get("GRADIO_TEMP_DIR") == str(self.root):  # a later page must not write into a deleted folder
+            if self._gradio_temp_before is None:
+                os.environ.pop("GRADIO_TEMP_DIR")
+            else:
+                os.environ["GRADIO_TEMP_DIR"] = self._gradio_temp_before
         if self.config.keep_results:
             for path in self.root.glob("*"):
                 if path != self.results_dir:

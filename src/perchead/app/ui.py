@@ -8,8 +8,6 @@ share links, and the splat viewer, fonts and scripts are all served by gradio it
 
 from __future__ import annotations
 
-import os
-
 import gradio as gr  # analytics were switched off by perchead.app's __init__, before this import
 
 from .handlers import PercheadApp, Result
@@ -173,13 +171,13 @@ def _edit_tab(app: PercheadApp, image_types: list[str], limit: float) -> None:
                 height=560)
         with gr.Column(scale=2):
             map_photo = gr.File(label=f"New map from a photo (at most {limit:g} MB)", file_types=image_types,
-                                type="filepath", elem_id="map-photo", height=120)
+                                type="filepath", elem_id="map-photo")
             map_file = gr.File(label="Or upload a map PNG (class ids 0..18 or class colours)",
-                               file_types=[".png"], type="filepath", elem_id="map-file", height=120)
+                               file_types=[".png"], type="filepath", elem_id="map-file")
             style_text = gr.Textbox(label="Style: describe the look", value="a person with short brown hair",
                                     elem_id="style-text")
             style_image = gr.File(label="Or style from a reference image (used instead of the text)",
-                                  file_types=image_types, type="filepath", elem_id="style-image", height=120)
+                                  file_types=image_types, type="filepath", elem_id="style-image")
             render = gr.Button("Render", variant="primary", elem_id="run-edit")
             message = gr.Markdown(first.message if first.ok else status(first), elem_id="status-edit")
     with gr.Row():
@@ -222,10 +220,9 @@ def launch(app: PercheadApp, host: str = "127.0.0.1", port: int | None = None, b
     SIGTERM, which `perchead app` turns into the same interruption).
 
     gradio's temporary folder (uploads, and copies of what the page shows) becomes the app's own folder, so
-    :meth:`PercheadApp.close` deletes them with the results. gradio reads it while serving, from the
-    environment, so it stays set for the process (one app per process).
+    :meth:`PercheadApp.close` deletes them with the results (one app per process: it is the environment's).
     """
-    os.environ["GRADIO_TEMP_DIR"] = str(app.root)
+    app.take_gradio_temp_dir()
     page = build(app)
     page.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
     # quiet: gradio's own lines include a tip to make a public share link, which this app must never do

@@ -310,6 +310,7 @@ class Reconstructor:
                                     sharpen=fit is None)
         result.fit = fit
         if self.config.likeness:
+            progress(0.86, "comparing the head with the photo")
             with self.timed(times, "render"):
                 result.likeness = self.likeness(result)
         return result

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -254,9 +255,15 @@ def settled(page) -> Iterator[None]:
 
 
 def screenshot(page, path: Path) -> None:
-    """A full-page screenshot once the splat viewers have settled."""
+    """A full-page screenshot once the splat viewers have settled. It is a picture for the docs, not a check:
+    after the paint test, on a 2-core machine at load average 20-27, Chromium did not deliver one in 180 s
+    (the same page alone: 4 s), so a screenshot that does not come in 60 s becomes a warning."""
+    page.mouse.move(2, 2)  # off the paint canvas: no brush cursor in the picture
     with settled(page):
-        page.screenshot(path=str(path), full_page=True)
+        try:
+            page.screenshot(path=str(path), full_page=True, timeout=60_000)
+        except playwright_api.TimeoutError:
+            warnings.warn(f"no screenshot {path.name} within 60 s (a busy machine?)", stacklevel=2)
 
 
 def wait_for_status(page, selector: str, *words: str) -> str:
@@ -307,7 +314,8 @@ def test_reconstruct_in_the_browser(browser_page, artefacts, tmp_path):
         viewer = head_picture(canvas_picture(page, "#viewer"))
     distance = {name: float(np.abs(head_picture(render_on_black(tmp_path / "head.ply", *angles)) - viewer).mean())
                 for name, angles in {"front": (0.0, 0.0), "old start": OLD_VIEWER_START_DEG}.items()}
-    Image.fromarray(viewer.astype(np.uint8)).save(artefacts / "app_viewer_start.png")
+    Image.fromarray(viewer.astype(np.uint8)).save(tmp_path / "viewer_start.png")
+    print("viewer's first picture against renders from", {k: round(v, 1) for k, v in distance.items()})
     assert distance["front"] * 2 < distance["old start"], distance
     screenshot(page, artefacts / "app_reconstruct.png")
 

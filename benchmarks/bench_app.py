@@ -52,7 +52,7 @@ def main() -> int:
     load_before = os.getloadavg()
     start = time.perf_counter()
     app = PercheadApp(AppConfig(checkpoint=args.checkpoint, size=args.size, frames=args.frames, device="cpu"))
-    page, url = launch(app, host="127.0.0.1", port=None, block=False, quiet=True)
+    page, url = launch(app, host="127.0.0.1", port=None, block=False)
     startup = time.perf_counter() - start
     downloads = tempfile.mkdtemp(prefix="perchead-bench-app-")
     client = Client(url, verbose=False, analytics_enabled=False, download_files=downloads)

@@ -1,17 +1,27 @@
 """The web app in a real browser: headless Chromium (Debian's, driven by Playwright) against `perchead app`
-served on 127.0.0.1. Upload the bundled photo, wait for the 3D viewer to draw the head, download the .ply;
-paint on the segmentation map, render, and see the result change; and check that nothing left the machine.
+served on 127.0.0.1. Pick the bundled photo, watch the progress count the turntable's frames, wait for the 3D
+viewer to draw the head facing the viewer, download the .ply; paint on the segmentation map, render, and see
+the result change; check that nothing left the machine; and stop a `perchead app` process with SIGTERM after
+it served a photo: nothing of it may stay on disk.
 
 Needs /usr/bin/chromium and the playwright package (scripts/install_browser.sh installs both; CI runs it).
 Screenshots go to $PERCHEAD_TEST_ARTEFACTS, else to a pytest temporary folder.
 """
 
+import contextlib
 import io
+import json
 import os
 import re
 import shutil
+import signal
 import socket
+import subprocess
+import sys
+import threading
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,21 +37,32 @@ playwright_api = pytest.importorskip(
     exc_type=ImportError)
 
 from perchead.app import AppConfig, PercheadApp  # noqa: E402
-from perchead.app.handlers import EXAMPLE_PHOTO  # noqa: E402
+from perchead.app.handlers import EXAMPLE_PHOTO, VIEWER_SCALE  # noqa: E402
 from perchead.data.format import SEG  # noqa: E402
 from perchead.edit import load_segmentation  # noqa: E402
+from perchead.geometry import orbit_viewmats  # noqa: E402
 from perchead.io import load_ply  # noqa: E402
+from perchead.render import rasterize  # noqa: E402
 
 # WebGL (the splat viewer) without a GPU: Chromium's software GL.
 CHROMIUM_ARGS = ["--use-gl=angle", "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--no-sandbox"]
 # Software WebGL redraws the splat viewers (and the paint canvas) every animation frame, which on a 2-core
 # machine starves the app server the test is waiting for: cap animation frames at ~5 per second.
-# (window.perchead_fast_frames = true lifts the cap, for screenshots of settled viewers).
+# (window.perchead_fast_frames = true lifts the cap, for screenshots of settled viewers;
+# window.perchead_hold_frames() holds every frame until window.perchead_release_frames(): a screenshot taken
+# while the viewers redraw timed out after 180 s on a 2-core machine at load average 20-27.)
 SLOW_FRAMES = """(() => { const raf = window.requestAnimationFrame.bind(window);
-  window.requestAnimationFrame = (cb) => window.perchead_fast_frames ? raf(cb) : setTimeout(() => raf(cb), 200);
+  let held = null;
+  const later = (cb) => window.perchead_fast_frames ? raf(cb) : setTimeout(() => raf(cb), 200);
+  window.requestAnimationFrame = (cb) => held ? (held.push(cb), 0) : later(cb);
+  window.perchead_hold_frames = () => { held = held || []; };
+  window.perchead_release_frames = () => { const cbs = held || []; held = null; cbs.forEach(later); };
 })();"""
 LOOPBACK = ("127.", "::1", "localhost")
-TIMEOUT_MS = 90_000
+TIMEOUT_MS = 180_000  # one request on a 2-core machine shared with training jobs: generous
+RASTERIZE_DELAY_S = 0.3
+# gradio's splat viewer used to start 0.5 rad to the side and 0.5 rad above (yaw and pitch in perchead's terms)
+OLD_VIEWER_START_DEG = (28.65, 28.65)
 
 
 class OutsideConnections:
@@ -109,7 +130,17 @@ def served(tmp_path_factory):
 
             ckpt = save_tiny_edit_checkpoint(root)
             app = PercheadApp(AppConfig(edit_checkpoint=str(ckpt), **settings), reconstructor=app.rec)
-        page, url = ui.launch(app, host="127.0.0.1", port=None, block=False, quiet=True)
+        # The tiny head's 12-frame turntable renders in well under a second on an idle machine, faster than the
+        # page refreshes its progress; each chunk of frames made to last RASTERIZE_DELAY_S shows the counts a
+        # person sees during a real (60 frames, fitted head: a minute or more) turntable.
+        rasterize_now = app.rec.rasterize
+
+        def slow_rasterize(*args, **kwargs):
+            time.sleep(RASTERIZE_DELAY_S)
+            return rasterize_now(*args, **kwargs)
+
+        app.rec.rasterize = slow_rasterize
+        page, url = ui.launch(app, host="127.0.0.1", port=None, block=False)
         assert url.startswith("http://127.0.0.1:")
         yield url, app, outside
         page.close()
@@ -117,23 +148,38 @@ def served(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser_page(served):
-    url, _, _ = served
-    requests: list[str] = []
+def browser():
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.add_init_script(SLOW_FRAMES)
-        page.set_default_timeout(TIMEOUT_MS)
-        page.on("request", lambda r: requests.append(r.url))
-        page.goto(url)
-        page.wait_for_selector("#run-reconstruct")
-        yield page, requests
-        # stop the viewers' drawing and the videos first: closing with them live takes many seconds
-        page.evaluate("window.requestAnimationFrame = () => 0; document.querySelectorAll('video')"
-                      ".forEach(v => v.pause())")
-        page.close()
+        yield browser
         browser.close()
+
+
+def open_page(browser, url: str, requests: list[str] | None = None):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.add_init_script(SLOW_FRAMES)
+    page.set_default_timeout(TIMEOUT_MS)
+    if requests is not None:
+        page.on("request", lambda r: requests.append(r.url))
+    page.goto(url)
+    page.wait_for_selector("#run-reconstruct")
+    return page
+
+
+def close_page(page) -> None:
+    # stop the viewers' drawing and the videos first: closing with them live takes many seconds
+    page.evaluate("window.requestAnimationFrame = () => 0; document.querySelectorAll('video')"
+                  ".forEach(v => v.pause())")
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def browser_page(served, browser):
+    url, _, _ = served
+    requests: list[str] = []
+    page = open_page(browser, url, requests)
+    yield page, requests
+    close_page(page)
 
 
 def download(page, container: str, name: str) -> tuple[str, bytes]:
@@ -144,6 +190,35 @@ def download(page, container: str, name: str) -> tuple[str, bytes]:
     response = page.request.get(href)
     assert response.ok, f"{href}: HTTP {response.status}"
     return href, response.body()
+
+
+def canvas_picture(page, viewer: str) -> np.ndarray:
+    """The viewer's canvas as RGB, without the label drawn over it and the frame around it."""
+    style = page.add_style_tag(content=f"{viewer} [data-testid=block-label] {{visibility: hidden}}")
+    png = page.locator(f"{viewer} canvas").first.screenshot()
+    style.evaluate("e => e.remove()")
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))[4:-4, 4:-4]
+
+
+def head_picture(rgb: np.ndarray, size: int = 64) -> np.ndarray:
+    """A picture of a head on black, cut to the square around everything drawn and resized: pictures of the
+    same head from the same direction compare pixel by pixel whatever their framing and size."""
+    ys, xs = np.nonzero(rgb.max(axis=2) > 10)
+    assert len(ys), "nothing drawn"
+    cy, cx = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
+    half = max(ys.max() - ys.min(), xs.max() - xs.min()) / 2 + 2
+    box = (int(cx - half), int(cy - half), int(cx + half), int(cy + half))
+    return np.asarray(Image.fromarray(rgb).crop(box).resize((size, size), Image.Resampling.BILINEAR), np.float32)
+
+
+def render_on_black(ply: Path, yaw: float, pitch: float) -> np.ndarray:
+    """The head of ``ply`` from (yaw, pitch), at the viewer's distance (5 units of the x4 copy), on black."""
+    import torch
+
+    g = load_ply(ply)
+    K = torch.tensor([[[900.0, 0.0, 256.0], [0.0, 900.0, 256.0], [0.0, 0.0, 1.0]]])
+    rgb = rasterize(g, orbit_viewmats([yaw], [pitch], 5.0 / VIEWER_SCALE), K, 512, 512, background=0.0).rgb[0]
+    return (rgb.clamp(0, 1) * 255).round().byte().numpy()
 
 
 def drawn_fraction(png: bytes, threshold: int = 40) -> float:
@@ -164,12 +239,31 @@ def wait_until_drawn(page, viewer: str, share: float = 0.02, seconds: float = 30
     assert fraction >= share, f"the 3D viewer {viewer} drew only {fraction:.1%} non-background pixels"
 
 
-def screenshot(page, path: Path) -> None:
-    """A full-page screenshot once the splat viewers have settled at full frame rate."""
+@contextlib.contextmanager
+def settled(page) -> Iterator[None]:
+    """Let the splat viewers draw at full frame rate for a few seconds (they sort their splats), then hold
+    every animation frame and the videos while the body runs (screenshots)."""
     page.evaluate("window.perchead_fast_frames = true")
     time.sleep(3)
-    page.screenshot(path=str(path), full_page=True)
-    page.evaluate("window.perchead_fast_frames = false")
+    page.evaluate("window.perchead_fast_frames = false; window.perchead_hold_frames(); "
+                  "document.querySelectorAll('video').forEach(v => v.pause())")
+    time.sleep(0.5)
+    try:
+        yield
+    finally:
+        page.evaluate("window.perchead_release_frames()")
+
+
+def screenshot(page, path: Path) -> None:
+    """A full-page screenshot once the splat viewers have settled. It is a picture for the docs, not a check:
+    after the paint test, on a 2-core machine at load average 20-27, Chromium did not deliver one in 180 s
+    (the same page alone: 4 s), so a screenshot that does not come in 60 s becomes a warning."""
+    page.mouse.move(2, 2)  # off the paint canvas: no brush cursor in the picture
+    with settled(page):
+        try:
+            page.screenshot(path=str(path), full_page=True, timeout=60_000)
+        except playwright_api.TimeoutError:
+            warnings.warn(f"no screenshot {path.name} within 60 s (a busy machine?)", stacklevel=2)
 
 
 def wait_for_status(page, selector: str, *words: str) -> str:
@@ -179,13 +273,27 @@ def wait_for_status(page, selector: str, *words: str) -> str:
     return page.inner_text(selector)
 
 
+# Every text the status line shows, recorded by the page itself (a poll from here could miss short ones).
+# (stopped afterwards: reading the text on every change of the page costs the busy page a lot of time)
+RECORD_STATUS = """(selector) => { window.perchead_seen = new Set();
+  window.perchead_recorder = new MutationObserver(() => { const e = document.querySelector(selector);
+    if (e) window.perchead_seen.add(e.textContent); });
+  window.perchead_recorder.observe(document.body, {subtree: true, childList: true, characterData: true}); }"""
+
+
 def test_reconstruct_in_the_browser(browser_page, artefacts, tmp_path):
     page, _ = browser_page
-    page.set_input_files("#photo input[type=file]", str(EXAMPLE_PHOTO))
-    page.locator("#photo a[download='example_photo.jpg']").wait_for()  # uploaded
+    page.click("#example-photo img")  # the example's thumbnail puts the photo in the upload box
+    page.locator("#photo a[download='example_photo.jpg']").wait_for()
+    page.evaluate(RECORD_STATUS, "#status-reconstruct")
     page.click("#run-reconstruct")
     text = wait_for_status(page, "#status-reconstruct", "Reconstructed", "Error")
     assert text.startswith("Reconstructed 4,096 Gaussians"), text
+    # the progress counted the turntable's frames while it was rendered: the page never looked hung
+    page.evaluate("window.perchead_recorder.disconnect()")
+    seen = page.evaluate("Array.from(window.perchead_seen)")
+    frames = {int(m) for t in seen for m in re.findall(r"turntable: frame (\d+)/12", t)}
+    assert len(frames) >= 2, f"the turntable's progress did not move: {sorted(frames)} in {seen}"
 
     wait_until_drawn(page, "#viewer")
     _, ply = download(page, "#downloads", "head.ply")
@@ -195,6 +303,20 @@ def test_reconstruct_in_the_browser(browser_page, artefacts, tmp_path):
     assert len(g) == 4096 and np.isfinite(g.means.numpy()).all()
     for name in ("head.splat", "turntable.mp4", "views.png"):
         assert len(download(page, "#downloads", name)[1]) > 1000, name
+    info = json.loads(download(page, "#downloads", "reconstruction.json")[1])
+    assert info["source"] == "example_photo.jpg" and '"/' not in json.dumps(info), info  # no server paths
+
+    # The viewer starts facing the head, as the views' "front" (and the turntable's first frame) does: its
+    # picture, untouched (the splats sorted, so the settled picture), is much closer to a render from the
+    # front than to one from where gradio's viewer started before. Measured: 8.2 vs 20.5 and 0.9 vs 19.0 (mean
+    # absolute difference of the normalised pictures, 0-255; two runs) with the fix, 18.5 vs 1.1 without it.
+    with settled(page):
+        viewer = head_picture(canvas_picture(page, "#viewer"))
+    distance = {name: float(np.abs(head_picture(render_on_black(tmp_path / "head.ply", *angles)) - viewer).mean())
+                for name, angles in {"front": (0.0, 0.0), "old start": OLD_VIEWER_START_DEG}.items()}
+    Image.fromarray(viewer.astype(np.uint8)).save(tmp_path / "viewer_start.png")
+    print("viewer's first picture against renders from", {k: round(v, 1) for k, v in distance.items()})
+    assert distance["front"] * 2 < distance["old start"], distance
     screenshot(page, artefacts / "app_reconstruct.png")
 
 
@@ -209,7 +331,7 @@ def test_bad_upload_is_a_message_in_the_page(browser_page, artefacts, tmp_path):
     page.click("#run-reconstruct")
     text = wait_for_status(page, "#status-reconstruct", "Error")
     assert "holiday.jpg" in text and ("not a recognised image" in text or "corrupt" in text), text
-    assert "/tmp" not in text  # the server's paths are not shown
+    assert "/tmp" not in text and "b'" not in text  # no server paths, no Python reprs
     page.locator("#status-reconstruct").screenshot(path=str(artefacts / "app_bad_upload.png"))
 
 
@@ -231,8 +353,9 @@ def test_paint_render_and_the_result_changes(browser_page, artefacts):
     page.click("#run-edit")
     text = wait_for_status(page, "#status-edit", "Rendered", "Error")
     assert text.startswith("Rendered the edited head"), text
-    # the measured fidelity to the painting is shown with the render (issue 16)
-    assert re.search(r"It follows the painting: silhouette IoU [01]\.\d\d", text), text
+    # the measured fidelity to the painting is shown with the render (issue 16), apart from what was not
+    # measured (whether the style took)
+    assert re.search(r"Measured, .* silhouette IoU [01]\.\d\d", text) and "Not measured" in text, text
     before_url, before_ply = download(page, "#edit-downloads", "head.ply")
     _, before_map = download(page, "#edit-downloads", "segmentation_color.png")
 
@@ -285,3 +408,63 @@ def test_nothing_left_the_machine(served, browser_page):
     hosts = {r.split("/")[2] for r in requests if "://" in r and not r.startswith(("data:", "blob:"))}
     assert hosts and all(h.startswith(("127.0.0.1", "localhost")) for h in hosts), hosts
     assert not outside.seen, f"the app process contacted {sorted(set(outside.seen))}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if not p.is_dir())
+
+
+def test_sigterm_leaves_nothing_of_the_photo(browser, artefacts, tmp_path):
+    """`perchead app` stopped with SIGTERM (a service manager, `kill`) after serving a photo: its work folder,
+    gradio's upload folder and the temporary folder hold no file of it; what it delivered names no server path."""
+    work, gradio_default, temp = tmp_path / "work", tmp_path / "gradio-default", tmp_path / "tmp"
+    for folder in (work, gradio_default, temp):
+        folder.mkdir()
+    photo = tmp_path / "photos" / "my_face.jpg"
+    photo.parent.mkdir()
+    shutil.copy(EXAMPLE_PHOTO, photo)
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(gradio_default), "TMPDIR": str(temp), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-c", "import sys; from perchead.cli import main; sys.exit(main())", "app",
+               "--port", str(free_port()), "--work-dir", str(work), "--size", "128", "--frames", "4",
+               "--fit-steps", "0", "--edit-fit-steps", "0", "--device", "cpu", "--threads", "1"]
+    app = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(app.stdout), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + TIMEOUT_MS / 1000
+        while not any("serving http" in line for line in lines) and app.poll() is None:
+            assert time.monotonic() < deadline, f"the app did not start: {''.join(lines)}"
+            time.sleep(0.5)
+        url = re.search(r"serving (http://\S+)", "".join(lines))
+        assert url, f"the app did not start: {''.join(lines)}"
+        page = open_page(browser, url.group(1))
+        page.set_input_files("#photo input[type=file]", str(photo))
+        page.locator("#photo a[download='my_face.jpg']").wait_for()
+        page.click("#run-reconstruct")
+        text = wait_for_status(page, "#status-reconstruct", "Reconstructed", "Error")
+        assert text.startswith("Reconstructed"), text
+        delivered = download(page, "#downloads", "reconstruction.json")[1].decode()
+        assert str(tmp_path) not in delivered and '"/' not in delivered, delivered
+        # while it runs, the upload and the results are in the app's own folder, and only there
+        held = files_under(work)
+        assert any(p.name == "my_face.jpg" for p in held) and any(p.name == "head.ply" for p in held), held
+        assert not files_under(gradio_default), files_under(gradio_default)
+
+        app.send_signal(signal.SIGTERM)  # with the page still open
+        assert app.wait(timeout=120) == 0, "".join(lines)
+        close_page(page)
+    finally:
+        if app.poll() is None:
+            app.kill()
+            app.wait()
+    reader.join(timeout=10)
+    assert "share=True" not in "".join(lines)  # gradio's tip to make a public link: not for this app
+    left = files_under(work) + files_under(gradio_default) + files_under(temp)
+    assert not left and not list(work.iterdir()), left

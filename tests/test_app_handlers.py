@@ -2,6 +2,7 @@
 exception), painted maps come back as the painted classes, and the viewer's copy is the same head turned."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from perchead.app.painting import MapError, palette_hex
 from perchead.data.format import SEG
 from perchead.edit import PALETTE, EditNetwork, colorize, load_segmentation, save_segmentation
 from perchead.io import load_ply
+from perchead.io.commands import GRID_VIEWS
 from perchead.losses import load_clip
 from perchead.losses.testing import tiny_clip_config, tiny_clip_tokenizer
 from perchead.model import PercHead, preset
@@ -39,7 +41,7 @@ def save_tiny_edit_checkpoint(root):
 def app(tmp_path_factory):
     root = tmp_path_factory.mktemp("app")
     ckpt = save_tiny_edit_checkpoint(root)
-    app = PercheadApp(AppConfig(edit_checkpoint=str(ckpt), work_dir=root / "work", keep_results=3, **SMALL))
+    app = PercheadApp(AppConfig(edit_checkpoint=str(ckpt), work_dir=root / "work", max_results=3, **SMALL))
     assert app.edit_error is None
     yield app
     app.close()
@@ -68,10 +70,25 @@ def test_reconstruct_writes_every_file(app):
     assert json.loads(result.files["json"].read_text())["num_gaussians"] == len(g)
     v = load_ply(result.files["viewer"])
     torch.testing.assert_close(v.means, g.means * torch.tensor([1.0, -1.0, -1.0]) * VIEWER_SCALE)
-    # progress is reported, in order, from start to the files
+    # progress is reported, in order, from start to the files, with the turntable's frames counted
     fractions = [f for f, _ in seen]
     assert fractions == sorted(fractions) and fractions[0] < 0.1 and fractions[-1] >= 0.8
-    assert any("turntable" in what for _, what in seen)
+    frames = [what for _, what in seen if "turntable" in what]
+    assert frames[0].endswith("frame 0/2") and frames[-1].endswith("frame 2/2"), frames
+    assert any(what.endswith(f"views: {len(GRID_VIEWS) + 1}/{len(GRID_VIEWS) + 1}") for _, what in seen), seen
+    # the delivered metadata names the photo, not where it lies on the server
+    info = json.loads(result.files["json"].read_text())
+    assert info["source"] == EXAMPLE_PHOTO.name
+    assert not absolute_paths(info), absolute_paths(info)
+
+
+def absolute_paths(value) -> list[str]:
+    """Every absolute path among the strings of parsed JSON."""
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in absolute_paths(v)]
+    if isinstance(value, list):
+        return [p for v in value for p in absolute_paths(v)]
+    return [value] if isinstance(value, str) and os.path.isabs(value) else []
 
 
 def test_viewer_copy_is_the_head_turned_about_x_and_scaled():
@@ -119,6 +136,9 @@ def test_bad_photo_uploads_are_messages(app, tmp_path, kind, expected):
     assert not result.ok and not result.files
     assert expected in result.message
     assert str(tmp_path) not in result.message  # file names, not the server's paths
+    assert "b'" not in result.message and "\\x" not in result.message  # no Python reprs of bytes
+    if kind == "corrupt":
+        assert "it looks like a text file" in result.message, result.message
 
 
 def test_photo_without_a_face_is_a_message(app, tmp_path):
@@ -190,10 +210,14 @@ def test_painted_strokes_become_classes_and_change_the_head(app, example_map):
     assert painted.files["ply"].read_bytes() != plain.files["ply"].read_bytes()
     info = json.loads(painted.files["json"].read_text())
     assert info["style"] == {"text": "red hair"}
-    # the page says how closely the head followed the painting (measured from the map's camera, after the fit)
-    assert info["map_fit"]["ran"] and "It follows the painting: silhouette IoU" in painted.message, painted.message
+    # the page says how closely the head followed the painting (measured from the map's camera, after the fit),
+    # apart from what was not measured: whether the style took
+    measured, not_measured = painted.message.split("**Not measured**")
+    assert info["map_fit"]["ran"] and "**Measured**" in measured and "silhouette IoU" in measured, painted.message
+    assert "style" in not_measured and "IoU" not in not_measured
     iou = info["map_fidelity"]["silhouette_iou"]
     assert f"silhouette IoU {iou:.2f}" in painted.message
+    assert not absolute_paths(info), absolute_paths(info)
 
 
 def test_reference_image_style(app, example_map, tmp_path):
@@ -262,7 +286,7 @@ def test_edit_tab_without_a_checkpoint_says_so(tmp_path, monkeypatch):
         assert not app.render_edit(np.zeros((8, 8, 3), np.uint8), "x").ok
     finally:
         app.close()
-    assert not app.work_dir.exists()  # its own temporary folder is removed
+    assert not app.root.exists()  # its own temporary folder is removed
 
 
 def test_a_named_edit_checkpoint_that_fails_stops_the_start(tmp_path):
@@ -272,11 +296,64 @@ def test_a_named_edit_checkpoint_that_fails_stops_the_start(tmp_path):
 
 def test_old_results_are_deleted(app):
     made = []
-    for _ in range(app.config.keep_results + 3):
+    for _ in range(app.config.max_results + 3):
         made.append(app._new_result_dir("test"))
         made[-1].mkdir()
-    kept = sorted(p for p in app.work_dir.iterdir() if p.is_dir())
-    assert len(kept) == app.config.keep_results and made[-1] in kept and made[0] not in kept
+    kept = sorted(p for p in app.results_dir.iterdir() if p.is_dir())
+    assert len(kept) == app.config.max_results and made[-1] in kept and made[0] not in kept
+
+
+def test_a_session_keeps_only_its_newest_result_and_a_closed_page_takes_its_files(app, tmp_path):
+    shared = app.rec
+    app = PercheadApp(AppConfig(**SMALL, work_dir=tmp_path / "work"), reconstructor=shared)
+    try:
+        assert app.root.parent == tmp_path / "work" and app.root.name.startswith("perchead-app-")
+        # an upload as gradio stores it: in its temporary folder, which is the app's folder
+        upload = app.root / "0a1b2c" / "me.jpg"
+        upload.parent.mkdir()
+        upload.write_bytes(EXAMPLE_PHOTO.read_bytes())
+        first = app.reconstruct(upload, session="page-1")
+        second = app.reconstruct(upload, session="page-1")
+        other = app.reconstruct(EXAMPLE_PHOTO, session="page-2")
+        assert first.ok and second.ok and other.ok
+        assert not first.files["ply"].parent.exists()  # replaced by the same page's next result
+        assert second.files["ply"].is_file() and other.files["ply"].is_file()
+        app.end_session("page-1")  # the page was closed
+        assert not second.files["ply"].parent.exists() and not upload.exists() and not upload.parent.exists()
+        assert other.files["ply"].is_file() and EXAMPLE_PHOTO.is_file()  # another page's; not an upload
+        before = os.environ.get("GRADIO_TEMP_DIR")
+        app.take_gradio_temp_dir()  # what ui.launch does: gradio's uploads and copies go into the app's folder
+        assert os.environ["GRADIO_TEMP_DIR"] == str(app.root)
+    finally:
+        app.close()
+    assert not any((tmp_path / "work").iterdir())
+    assert os.environ.get("GRADIO_TEMP_DIR") == before  # no later page writes into the deleted folder
+
+
+def test_keep_results_keeps_them_and_deletes_the_uploads(app, tmp_path):
+    app = PercheadApp(AppConfig(**SMALL, work_dir=tmp_path, keep_results=True), reconstructor=app.rec)
+    upload = app.root / "3d4e5f" / "me.jpg"
+    upload.parent.mkdir()
+    upload.write_bytes(EXAMPLE_PHOTO.read_bytes())
+    first = app.reconstruct(upload, session="page")
+    second = app.reconstruct(upload, session="page")
+    app.end_session("page")
+    app.close()
+    assert first.files["ply"].is_file() and second.files["ply"].is_file()
+    assert [p.name for p in app.root.iterdir()] == ["results"] and not upload.exists()
+
+
+def test_class_colours_are_far_apart():
+    """Every pair of brush colours at least 27 apart in CIELAB (34.3 measured; CelebAMask-HQ's colours, which
+    the palette started from, had pairs 15 apart): people must tell them apart on screen."""
+    rgb = PALETTE.astype(np.float64) / 255
+    linear = np.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    xyz = linear @ np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]).T
+    xyz /= np.array([0.9505, 1.0, 1.089])
+    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16 / 116)
+    lab = np.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], axis=1)
+    distance = np.linalg.norm(lab[:, None] - lab[None], axis=-1) + np.eye(len(lab)) * 1e9
+    assert distance.min() > 27, distance.min()
 
 
 def test_cli_refuses_bad_options(capsys):

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import math
+import os
 import shutil
 import tempfile
 import threading
@@ -70,6 +72,9 @@ EXAMPLE_PHOTO = DEMO_CHECKPOINT.parent / "example_photo.jpg"
 # camera) and scaled up to fill the view. The downloadable .ply keeps the canonical metric frame.
 VIEWER_SCALE = 4.0
 VIEWER_FILE = "head_viewer.ply"
+RESULTS = "results"
+"""the sub-folder of the app's folder that holds one folder per result"""
+DELIVERED_JSON = ("reconstruction.json", "edit.json")
 
 @dataclass
 class AppConfig:
@@ -97,15 +102,18 @@ class AppConfig:
     max_pixels: int = 50_000_000
     """photos with more pixels than this are refused (a 50 Mpx photo is far more than the 512 px crop needs)"""
     work_dir: Path | None = None
-    """where results are written (default: a new temporary folder, deleted by :meth:`PercheadApp.close`)"""
-    keep_results: int = 16
-    """result folders kept on disk; older ones are deleted (the page has already received their files)"""
+    """the folder in which the app makes its own folder (``perchead-app-*``: uploads, gradio's copies and
+    results); default: the system's temporary folder"""
+    keep_results: bool = False
+    """keep every result: none is replaced by its session's next one, none is deleted on exit (uploads still are)"""
+    max_results: int = 16
+    """result folders on disk at most, all sessions together (older ones are deleted); ignored with keep_results"""
 
     def __post_init__(self) -> None:
         if not self.max_upload_mb > 0:
             raise ValueError(f"--max-upload-mb must be positive, got {self.max_upload_mb}")
-        if self.keep_results < 1:
-            raise ValueError(f"keep_results must be at least 1, got {self.keep_results}")
+        if self.max_results < 1:
+            raise ValueError(f"max_results must be at least 1, got {self.max_results}")
 
 
 @dataclass
@@ -157,6 +165,18 @@ def _failure(exc: BaseException) -> str:
     return f"Something went wrong ({type(exc).__name__}: {exc}); the server log has the details."
 
 
+def without_server_paths(value):
+    """``value`` (parsed JSON) with every absolute path replaced by its last part: the files the page hands
+    out name the uploaded file and the checkpoint, never a folder of the server."""
+    if isinstance(value, dict):
+        return {k: without_server_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_server_paths(v) for v in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        return Path(value).name
+    return value
+
+
 def viewer_gaussians(g: Gaussians, scale: float = VIEWER_SCALE) -> Gaussians:
     """The copy of ``g`` shown in the browser's splat viewer: turned 180 degrees about x and scaled.
 
@@ -178,14 +198,25 @@ class PercheadApp:
         self.config = config or AppConfig()
         cfg = self.config
         self._lock = threading.Lock()
-        self._own_work_dir = cfg.work_dir is None
-        self.work_dir = Path(tempfile.mkdtemp(prefix="perchead-app-")) if cfg.work_dir is None else Path(cfg.work_dir)
-        self.work_dir.mkdir(parents=True, exist_ok=True)
         self._counter = itertools.count(1)
+        self._closed = False
+        self._gradio_temp_before: str | None = None
+        self._latest: dict[tuple[str, str], Path] = {}
+        """(session, kind) -> the session's latest result folder of that kind, replaced by its next one"""
+        self._uploads: dict[str, set[Path]] = {}
+        """session -> the uploads (in gradio's folder, i.e. :attr:`root`) its requests used"""
         self.rec = reconstructor or Reconstructor(self._render_config(cfg.checkpoint))
         self.edit_rec: Reconstructor | None = None
         self.edit_error: str | None = None
         self._load_editing()
+        # Made once the models have loaded (a checkpoint that fails to load leaves nothing behind). Everything a
+        # person's photo becomes lives in here: gradio's uploads and copies (GRADIO_TEMP_DIR, set by ui.launch)
+        # and the results, under RESULTS (inside gradio's folder, so gradio serves them without a copy).
+        if cfg.work_dir is not None:
+            Path(cfg.work_dir).mkdir(parents=True, exist_ok=True)
+        self.root = Path(tempfile.mkdtemp(prefix="perchead-app-", dir=cfg.work_dir)).resolve()
+        self.results_dir = self.root / RESULTS
+        self.results_dir.mkdir()
 
     # -- setup ----------------------------------------------------------------------------------------------
     def _render_config(self, checkpoint: str) -> ReconstructConfig:
@@ -224,9 +255,48 @@ class PercheadApp:
         """What the editing checkpoint's authors say about it (the bundled demo: text prompts are not understood)."""
         return self.edit_rec.model.notice if self.edit_rec is not None else ""
 
+    def take_gradio_temp_dir(self) -> None:
+        """Make :attr:`root` gradio's temporary folder (uploads, copies of what the page shows). gradio reads
+        ``GRADIO_TEMP_DIR`` when components are built and while it serves, so it stays set until :meth:`close`."""
+        if os.environ.get("GRADIO_TEMP_DIR") != str(self.root):
+            self._gradio_temp_before = os.environ.get("GRADIO_TEMP_DIR")
+            os.environ["GRADIO_TEMP_DIR"] = str(self.root)
+
     def close(self) -> None:
-        if self._own_work_dir:
-            shutil.rmtree(self.work_dir, ignore_errors=True)
+        """Delete the app's folder: every upload, gradio's copies and (unless ``keep_results``) the results.
+        Safe to call more than once; requests still running write nothing after it."""
+        self._closed = True
+        if os.environ.get("GRADIO_TEMP_DIR") == str(self.root):  # a later page must not write into a deleted folder
+            if self._gradio_temp_before is None:
+                os.environ.pop("GRADIO_TEMP_DIR")
+            else:
+                os.environ["GRADIO_TEMP_DIR"] = self._gradio_temp_before
+        if self.config.keep_results:
+            for path in self.root.glob("*"):
+                if path != self.results_dir:
+                    _remove(path)
+        else:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def end_session(self, session: str) -> None:
+        """The page of ``session`` was closed: delete its results and the uploads no other open page uses."""
+        with self._lock:
+            if not self.config.keep_results:
+                for key in [k for k in self._latest if k[0] == session]:
+                    shutil.rmtree(self._latest.pop(key), ignore_errors=True)
+            mine = self._uploads.pop(session, set())
+            others = set().union(*self._uploads.values())
+            for path in mine - others:
+                _remove(path)
+                with contextlib.suppress(OSError):
+                    path.parent.rmdir()  # gradio's folder for that upload, when empty
+
+    def _note_upload(self, session: str | None, path: str | Path | None) -> None:
+        """Remember an upload a session used, to delete it with the session (only gradio's, in :attr:`root`)."""
+        if session and path and str(path):
+            p = Path(path).resolve()
+            if p.is_relative_to(self.root) and not p.is_relative_to(self.results_dir):
+                self._uploads.setdefault(session, set()).add(p)
 
     # -- shared plumbing ------------------------------------------------------------------------------------
     def check_upload(self, path: str | Path | None, what: str) -> Path:
@@ -246,13 +316,23 @@ class PercheadApp:
         """Refuse corrupt, empty and over-large pictures before any work (header only for JPEGs)."""
         open_image(path, max_pixels=self.config.max_pixels)
 
-    def _new_result_dir(self, kind: str) -> Path:
-        """A fresh folder for one request's files; the oldest ones beyond ``keep_results`` are deleted."""
-        folders = sorted((p for p in self.work_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                         key=lambda p: p.stat().st_mtime)
-        for old in folders[:max(0, len(folders) - self.config.keep_results + 1)]:
-            shutil.rmtree(old, ignore_errors=True)
-        return self.work_dir / f"{kind}-{int(time.time())}-{next(self._counter)}"
+    def _new_result_dir(self, kind: str, session: str | None = None) -> Path:
+        """A fresh folder for one request's files. It replaces the session's previous result of this ``kind``
+        (the page shows only the newest), and the oldest folders beyond ``max_results`` are deleted; with
+        ``keep_results`` nothing is."""
+        if self._closed:
+            raise RuntimeError("the app is shutting down")
+        if not self.config.keep_results:
+            if session and (session, kind) in self._latest:
+                shutil.rmtree(self._latest.pop((session, kind)), ignore_errors=True)
+            folders = sorted((p for p in self.results_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                             key=lambda p: p.stat().st_mtime)
+            for old in folders[:max(0, len(folders) - self.config.max_results + 1)]:
+                shutil.rmtree(old, ignore_errors=True)
+        out = self.results_dir / f"{kind}-{int(time.time())}-{next(self._counter)}"
+        if session:
+            self._latest[(session, kind)] = out
+        return out
 
     @contextlib.contextmanager
     def _request(self) -> Iterator[None]:
@@ -263,12 +343,19 @@ class PercheadApp:
                extra: Callable[[Path], None] | None = None) -> None:
         """Write every file of ``result`` (and the browser viewer's copy, and ``extra``'s) into ``out``: all of
         them, or none."""
-        progress(0.85, "writing the files")
+        progress(0.9, "writing the files")
         with staged_output(out) as stage:
             rec.write(result, stage)
             save_ply(viewer_gaussians(result.gaussians), stage / VIEWER_FILE)
             if extra is not None:
                 extra(stage)
+            for name in DELIVERED_JSON:
+                if (stage / name).is_file():
+                    data = without_server_paths(json.loads((stage / name).read_text()))
+                    (stage / name).write_text(json.dumps(data, indent=1) + "\n")
+        if self._closed:  # shut down while this request ran: its files must not outlive the app
+            self.close()
+            raise RuntimeError("the app is shutting down")
 
     @staticmethod
     def _files(out: Path, extra: dict[str, str] | None = None) -> dict[str, Path]:
@@ -277,16 +364,19 @@ class PercheadApp:
         return {role: out / name for role, name in names.items() if (out / name).is_file()}
 
     # -- Reconstruct tab ------------------------------------------------------------------------------------
-    def reconstruct(self, photo: str | Path | None, progress: Progress | None = None) -> Result:
-        """An uploaded photo -> the reconstruction's files (or a message saying why not)."""
+    def reconstruct(self, photo: str | Path | None, progress: Progress | None = None,
+                    session: str | None = None) -> Result:
+        """An uploaded photo -> the reconstruction's files (or a message saying why not). ``session``: the
+        page's session, whose previous reconstruction this one replaces (see :meth:`end_session`)."""
         progress = progress or no_progress
         start = time.perf_counter()
+        self._note_upload(session, photo)
         try:
             path = self.check_upload(photo, "photo")
             self.check_image(path)
             with self._request():
                 result = self.rec.reconstruct(path, progress)
-                out = self._new_result_dir("reconstruct")
+                out = self._new_result_dir("reconstruct", session)
                 self._write(self.rec, result, out, progress)
         except Exception as exc:  # every failure becomes the page's message (see module docstring)
             if not isinstance(exc, (ValueError, OSError)):
@@ -315,8 +405,9 @@ class PercheadApp:
         labels = resize_segmentation(labels, self.map_size())
         return MapResult(True, message, labels, colorize(labels))
 
-    def map_from_photo(self, photo: str | Path | None) -> MapResult:
+    def map_from_photo(self, photo: str | Path | None, session: str | None = None) -> MapResult:
         """A photo -> its head crop's class map (the offline MediaPipe segmenter), to paint on."""
+        self._note_upload(session, photo)
         try:
             rec = self._edit_available()
             path = self.check_upload(photo, "photo")
@@ -328,8 +419,9 @@ class PercheadApp:
             return MapResult(False, failure(exc, photo))
         return self._map(seg.labels, f"Map of {Path(photo).name} ({seg.source}); paint on it, then render.")
 
-    def map_from_file(self, path: str | Path | None) -> MapResult:
+    def map_from_file(self, path: str | Path | None, session: str | None = None) -> MapResult:
         """An uploaded map PNG (8-bit class ids 0..18, or the class colours) -> the map to paint on."""
+        self._note_upload(session, path)
         try:
             self._edit_available()
             p = self.check_upload(path, "map")
@@ -346,13 +438,15 @@ class PercheadApp:
 
     # -- Edit tab: render ---------------------------------------------------------------------------------
     def render_edit(self, editor_value: dict | np.ndarray | None, style_text: str | None = None,
-                    style_image: str | Path | None = None, progress: Progress | None = None) -> Result:
+                    style_image: str | Path | None = None, progress: Progress | None = None,
+                    session: str | None = None) -> Result:
         """A painted map (image-editor value, or a class-colour picture) + a style -> the edited head's files.
 
         The reference image wins when both styles are given.
         """
         progress = progress or no_progress
         start = time.perf_counter()
+        self._note_upload(session, style_image)
         try:
             rec = self._edit_available()
             net = rec.model
@@ -383,15 +477,19 @@ class PercheadApp:
                 progress(0.2, "running the editing network")
                 g = generate_head(net, labels, style, rec.device, rec.render_device)
                 fit = MapFitConfig(steps=self.config.edit_fit_steps)
+
+                def step(i: int, n: int, loss: float) -> None:
+                    progress(0.3 + 0.2 * i / n, f"fitting the head to the painted map: step {i}/{n}")
+
                 if fit.steps:
-                    progress(0.3, f"fitting the head to the painted map ({fit.steps} steps)")
-                g, followed = follow_map(net, g, labels, fit, rec.config.backend)
+                    step(0, fit.steps, 0.0)
+                g, followed = follow_map(net, g, labels, fit, rec.config.backend, progress=step)
                 pre = map_preprocessed(labels, rec.config.crop_size, "painted map")
                 info = {"checkpoint": rec.config.checkpoint, "clip": net.edit_config.clip,
                         "notice": self.edit_notice or None, "segmentation": "painted in perchead app",
                         "style": style_desc, **followed}
 
-                out = self._new_result_dir("edit")
+                out = self._new_result_dir("edit", session)
                 self._write(rec, rec.render_result(g, pre, progress=progress, sharpen=fit.steps == 0), out,
                             progress, lambda stage: write_edit_files(stage, labels, info))
         except Exception as exc:
@@ -400,10 +498,22 @@ class PercheadApp:
             return Result(False, failure(exc, style_image), seconds=time.perf_counter() - start)
         seconds = time.perf_counter() - start
         described = f"text \"{style_desc['text']}\"" if "text" in style_desc else f"image {style_desc['image']}"
-        return Result(True, f"Rendered the edited head (style: {described}) in {seconds:.1f} s. "
-                      f"It follows the painting: {fidelity_line(followed)}.",
+        # What was measured (the map) apart from what was not (the style): an IoU beside a head whose look
+        # ignored the style must not read as "it worked".
+        note = " (and read the note on this editing checkpoint above)" if self.edit_notice else ""
+        return Result(True, f"Rendered the edited head (style: {described}) in {seconds:.1f} s.\n\n"
+                      f"**Measured**, how closely the shape follows the painted map: {fidelity_line(followed)}.\n\n"
+                      f"**Not measured**: whether the look follows the style; judge it in the views{note}.",
                       self._files(out, {"map": "segmentation_color.png", "json": "edit.json"}), seconds)
 
 
-__all__ = ["DEMO_EDIT_CHECKPOINT", "EXAMPLE_PHOTO", "VIEWER_FILE", "VIEWER_SCALE", "AppConfig", "MapResult",
-           "PercheadApp", "Result", "failure", "viewer_gaussians"]
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+__all__ = ["DEMO_EDIT_CHECKPOINT", "EXAMPLE_PHOTO", "RESULTS", "VIEWER_FILE", "VIEWER_SCALE", "AppConfig",
+           "MapResult", "PercheadApp", "Result", "failure", "viewer_gaussians", "without_server_paths"]

@@ -20,11 +20,45 @@ QUEUE_SIZE = 16
 MODEL = "perchead-model"  # one concurrency group: both tabs share the CPU and the (not thread-safe) models
 
 CSS = LEGEND_CSS + """
-#status-reconstruct, #status-edit {min-height: 2em}
+#status-reconstruct, #status-edit {min-height: 4em}
+/* the progress line ("rendering the turntable, frame 24/60") wraps in the narrow column instead of being cut */
+#status-reconstruct .progress-text, #status-edit .progress-text, #status-reconstruct .meta-text,
+#status-edit .meta-text {white-space: normal; overflow-wrap: anywhere; text-align: center}
 .perchead-error {color: #b00020; font-weight: 600}
 /* the viewers show a copy turned and scaled for the browser: downloads come from the Downloads list */
 #viewer a[download], #edit-viewer a[download] {display: none}
+#example-photo img {object-fit: contain; cursor: pointer}
 """
+
+# gradio's splat viewer (gsplat.js's OrbitControls inside Model3D) starts its orbit at 0.5 rad to the side and
+# 0.5 rad above, and Model3D's camera_position does not reach it. The head copy it shows faces its
+# unturned camera (handlers.viewer_gaussians), so this page script turns the orbit to that camera -- the front
+# view, as the views grid's "front" and the turntable's first frame show it -- before the first frame is drawn:
+# it catches each OrbitControls while it is built (the only object gradio's bundle gives a `dampening`), and
+# its first update() aims it at the head's centre from where the camera starts, (0, 0, -5), with no easing.
+# If a later gradio changes this, the viewer keeps its own start (the browser test fails on that).
+FRONT_CAMERA_JS = """<script>
+(() => {
+  Object.defineProperty(Object.prototype, "dampening", {configurable: true, set(value) {
+    Object.defineProperty(this, "dampening", {value, writable: true, configurable: true, enumerable: true});
+    if (!("minZoom" in this && "orbitSpeed" in this && "zoomSpeed" in this)) return;
+    const controls = this;
+    Object.defineProperty(controls, "update", {configurable: true, set(update) {
+      const first = () => {
+        Object.defineProperty(controls, "update", {value: update, writable: true, configurable: true});
+        const easing = controls.dampening;
+        if (typeof controls.setCameraTarget === "function") {
+          controls.setCameraTarget({x: 0, y: 0, z: 0});
+          controls.dampening = 1;
+        }
+        update();
+        controls.dampening = easing;
+      };
+      Object.defineProperty(controls, "update", {value: first, writable: true, configurable: true});
+    }});
+  }});
+})();
+</script>"""
 
 
 def theme() -> gr.themes.Base:
@@ -65,9 +99,14 @@ def build(app: PercheadApp) -> gr.Blocks:
                         photo = gr.File(label=f"Photo (JPEG, PNG, WebP, ...; at most {limit:g} MB)",
                                         file_types=image_types, type="filepath", elem_id="photo")
                         run = gr.Button("Reconstruct", variant="primary", elem_id="run-reconstruct")
-                        gr.Examples([[str(p)] for p in [app_example()] if p is not None], inputs=[photo],
-                                    label="Example photo")
                         message = gr.Markdown(elem_id="status-reconstruct")
+                        example = app_example()
+                        if example is not None:
+                            # a thumbnail (gr.Examples shows a File input's example as a text chip)
+                            thumb = gr.Image(str(example), label="Example photo: click to use it", height=140,
+                                             interactive=False, show_label=True, elem_id="example-photo",
+                                             buttons=[])
+                            thumb.select(lambda: str(example), outputs=[photo], show_progress="hidden")
                     with gr.Column(scale=2):
                         viewer = gr.Model3D(label="3D viewer (drag to turn, scroll to zoom)", height=420,
                                             elem_id="viewer", interactive=False)
@@ -79,12 +118,14 @@ def build(app: PercheadApp) -> gr.Blocks:
                                     elem_id="downloads", interactive=False)
                 ply = gr.File(visible=False, elem_id="ply")  # the .ply alone, for API clients
 
-                def on_reconstruct(path, progress=gr.Progress()):  # noqa: B008 -- gradio's injection idiom
-                    result = app.reconstruct(path, progress=lambda f, what: progress(f, desc=what))
+                def on_reconstruct(path, request: gr.Request, progress=gr.Progress()):  # noqa: B008 -- gradio's idiom
+                    result = app.reconstruct(path, progress=lambda f, what: progress(f, desc=what),
+                                             session=_session(request))
                     return (*_media(result), status(result))
 
                 run.click(on_reconstruct, inputs=[photo], outputs=[viewer, views, video, downloads, ply, message],
-                          api_name="reconstruct", concurrency_id=MODEL, concurrency_limit=1)
+                          api_name="reconstruct", concurrency_id=MODEL, concurrency_limit=1,
+                          show_progress_on=[message, viewer])
 
             # -- Edit -------------------------------------------------------------------------------------
             with gr.Tab("Edit", id="edit"):
@@ -93,7 +134,16 @@ def build(app: PercheadApp) -> gr.Blocks:
                                 elem_id="edit-unavailable")
                 else:
                     _edit_tab(app, image_types, limit)
+        def on_unload(request: gr.Request) -> None:  # a closed (or reloaded) page takes its files with it
+            if _session(request):
+                app.end_session(_session(request))
+
+        page.unload(on_unload)
     return page
+
+
+def _session(request: gr.Request | None) -> str | None:
+    return getattr(request, "session_hash", None) if request is not None else None
 
 
 def app_example():
@@ -120,15 +170,14 @@ def _edit_tab(app: PercheadApp, image_types: list[str], limit: float) -> None:
                 eraser=gr.Eraser(default_size=max(4, size // 32)), label="Segmentation map", elem_id="map-editor",
                 height=560)
         with gr.Column(scale=2):
-            with gr.Row():
-                map_photo = gr.File(label=f"New map from a photo (at most {limit:g} MB)", file_types=image_types,
-                                    type="filepath", elem_id="map-photo", height=150)
-                map_file = gr.File(label="Or upload a map PNG (class ids 0..18 or class colours)",
-                                   file_types=[".png"], type="filepath", elem_id="map-file", height=150)
+            map_photo = gr.File(label=f"New map from a photo (at most {limit:g} MB)", file_types=image_types,
+                                type="filepath", elem_id="map-photo")
+            map_file = gr.File(label="Or upload a map PNG (class ids 0..18 or class colours)",
+                               file_types=[".png"], type="filepath", elem_id="map-file")
             style_text = gr.Textbox(label="Style: describe the look", value="a person with short brown hair",
                                     elem_id="style-text")
             style_image = gr.File(label="Or style from a reference image (used instead of the text)",
-                                  file_types=image_types, type="filepath", elem_id="style-image", height=150)
+                                  file_types=image_types, type="filepath", elem_id="style-image")
             render = gr.Button("Render", variant="primary", elem_id="run-edit")
             message = gr.Markdown(first.message if first.ok else status(first), elem_id="status-edit")
     with gr.Row():
@@ -145,29 +194,42 @@ def _edit_tab(app: PercheadApp, image_types: list[str], limit: float) -> None:
             return result.picture, result.message
         return gr.skip(), status(result)
 
-    map_photo.upload(lambda p: show_map(app.map_from_photo(p)), inputs=[map_photo], outputs=[editor, message],
-                     api_name="map_from_photo", concurrency_id=MODEL, concurrency_limit=1)
-    map_file.upload(lambda p: show_map(app.map_from_file(p)), inputs=[map_file], outputs=[editor, message],
-                    api_name="map_from_file", concurrency_id=MODEL, concurrency_limit=1)
+    def on_map_photo(path, request: gr.Request):
+        return show_map(app.map_from_photo(path, session=_session(request)))
 
-    def on_render(value, text, image, progress=gr.Progress()):  # noqa: B008 -- gradio's injection idiom
-        result = app.render_edit(value, text, image, progress=lambda f, what: progress(f, desc=what))
+    def on_map_file(path, request: gr.Request):
+        return show_map(app.map_from_file(path, session=_session(request)))
+
+    map_photo.upload(on_map_photo, inputs=[map_photo], outputs=[editor, message], api_name="map_from_photo",
+                     concurrency_id=MODEL, concurrency_limit=1)
+    map_file.upload(on_map_file, inputs=[map_file], outputs=[editor, message], api_name="map_from_file",
+                    concurrency_id=MODEL, concurrency_limit=1)
+
+    def on_render(value, text, image, request: gr.Request, progress=gr.Progress()):  # noqa: B008 -- gradio's idiom
+        result = app.render_edit(value, text, image, progress=lambda f, what: progress(f, desc=what),
+                                 session=_session(request))
         return (*_media(result), status(result))
 
     render.click(on_render, inputs=[editor, style_text, style_image],
                  outputs=[viewer, views, video, downloads, ply, message], api_name="edit",
-                 concurrency_id=MODEL, concurrency_limit=1)
+                 concurrency_id=MODEL, concurrency_limit=1, show_progress_on=[message, viewer])
 
 
-def launch(app: PercheadApp, host: str = "127.0.0.1", port: int | None = None, block: bool = True,
-           quiet: bool = False):
-    """Queue the page's requests and serve it. Returns (page, url); with ``block`` it serves until Ctrl-C."""
+def launch(app: PercheadApp, host: str = "127.0.0.1", port: int | None = None, block: bool = True):
+    """Queue the page's requests and serve it. Returns (page, url); with ``block`` it serves until Ctrl-C (or
+    SIGTERM, which `perchead app` turns into the same interruption).
+
+    gradio's temporary folder (uploads, and copies of what the page shows) becomes the app's own folder, so
+    :meth:`PercheadApp.close` deletes them with the results (one app per process: it is the environment's).
+    """
+    app.take_gradio_temp_dir()
     page = build(app)
     page.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
+    # quiet: gradio's own lines include a tip to make a public share link, which this app must never do
     _, url, _ = page.launch(
-        server_name=host, server_port=port, share=False, inbrowser=False, prevent_thread_lock=True, quiet=quiet,
-        max_file_size=f"{app.config.max_upload_mb:g}mb", theme=theme(), css=CSS, footer_links=[],
-        allowed_paths=[str(app.work_dir)], show_error=True, ssr_mode=False, mcp_server=False)
+        server_name=host, server_port=port, share=False, inbrowser=False, prevent_thread_lock=True, quiet=True,
+        max_file_size=f"{app.config.max_upload_mb:g}mb", theme=theme(), css=CSS, head=FRONT_CAMERA_JS,
+        footer_links=[], allowed_paths=[str(app.root)], show_error=True, ssr_mode=False, mcp_server=False)
     if block:
         try:
             page.block_thread()
@@ -176,4 +238,4 @@ def launch(app: PercheadApp, host: str = "127.0.0.1", port: int | None = None, b
     return page, url
 
 
-__all__ = ["CSS", "build", "launch", "status", "theme"]
+__all__ = ["CSS", "FRONT_CAMERA_JS", "build", "launch", "status", "theme"]

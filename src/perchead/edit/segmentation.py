@@ -25,11 +25,15 @@ from perchead.data.format import SEG, SEGMENT_CLASSES
 
 NUM_CLASSES = len(SEGMENT_CLASSES)  # 19
 
-# CelebAMask-HQ's usual visualisation colours, one per class in SEGMENT_CLASSES order.
+# One colour per class in SEGMENT_CLASSES order: CelebAMask-HQ's usual visualisation colours, except six that
+# were too close to another class's to tell apart with a brush (CIELAB distance 15-25: l_eye/l_lip, nose/hat,
+# eye_g/neck_l, skin/ear_r, r_brow/mouth, l_brow/nose). Those six (ear_r, nose, mouth, l_lip, neck_l, hat) were
+# replaced, one at a time, by the colour of a 6-level RGB grid furthest from all others; every pair is now at
+# least 34 apart (tests/test_app_handlers.py checks it).
 PALETTE = np.array([
     (0, 0, 0), (204, 0, 0), (76, 153, 0), (204, 204, 0), (51, 51, 255), (204, 0, 204), (0, 255, 255),
-    (255, 204, 204), (102, 51, 0), (255, 0, 0), (102, 204, 0), (255, 255, 0), (0, 0, 153), (0, 0, 204),
-    (255, 51, 153), (0, 204, 204), (0, 51, 0), (255, 153, 51), (0, 204, 0),
+    (255, 204, 204), (102, 51, 0), (255, 153, 255), (0, 255, 0), (0, 255, 153), (0, 0, 153), (51, 153, 255),
+    (255, 51, 153), (102, 153, 153), (0, 51, 0), (255, 153, 51), (102, 51, 102),
 ], dtype=np.uint8)
 assert len(PALETTE) == NUM_CLASSES
 

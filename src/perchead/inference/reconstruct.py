@@ -259,9 +259,10 @@ class Reconstructor:
         return g
 
     def render(self, gaussians: Gaussians, viewmats: torch.Tensor, sharpen: bool | None = None,
-               size: int | None = None) -> np.ndarray:
+               size: int | None = None, done: Callable[[int, int], None] | None = None) -> np.ndarray:
         """uint8 [C, S, S, 3] renders on white at ``size`` (default ``config.size``), sharpened by SHP-CNN when
-        ``sharpen`` (by default when enabled and present)."""
+        ``sharpen`` (by default when enabled and present). ``done(rendered, total)`` is called after every chunk
+        of cameras (a 60-frame turntable of a fitted head takes over a minute on a busy CPU)."""
         sharpen = self.sharpens if sharpen is None else sharpen
         size = size or self.config.size
         gaussians = gaussians.to(self.render_device)
@@ -273,6 +274,8 @@ class Reconstructor:
                 if sharpen:
                     rgb = self.sharpen(gaussians, vm, rgb)
                 out.append(to_uint8(rgb.float()))
+                if done is not None:
+                    done(start + len(vm), len(viewmats))
         return np.concatenate(out)
 
     def rasterize(self, gaussians: Gaussians, viewmats: torch.Tensor, size: int) -> torch.Tensor:
@@ -317,6 +320,7 @@ class Reconstructor:
                                     sharpen=fit is None)
         result.fit = fit
         if self.config.likeness:
+            progress(0.86, "comparing the head with the photo")
             with self.timed(times, "render"):
                 result.likeness = self.likeness(result)
         return result
@@ -365,15 +369,23 @@ class Reconstructor:
         times = times if times is not None else StageTimes()
         pose = pose or Pose(0.0, 0.0)
         sharpens = sharpen and self.sharpens
+        def counted(start: float, end: float, what: str) -> Callable[[int, int], None]:
+            def done(i: int, n: int) -> None:
+                progress(start + (end - start) * i / n, what.format(i=i, n=n))
+            return done
+
         with self.timed(times, "render"):
-            progress(0.5, f"rendering the {len(GRID_VIEWS)} views and the input view")
-            views = self.render(gaussians, torch.cat([self.grid_viewmats(), pose.viewmat[None]]), sharpens)
+            views_done = counted(0.5, 0.6, "rendering the views: {i}/{n}")
+            views_done(0, len(GRID_VIEWS) + 1)
+            views = self.render(gaussians, torch.cat([self.grid_viewmats(), pose.viewmat[None]]), sharpens,
+                                done=views_done)
             views, input_view = views[:-1], views[-1]
             turntable = None
             if self.config.video:
-                progress(0.65, f"rendering the turntable ({self.config.frames} frames)")
+                frames_done = counted(0.6, 0.85, "rendering the turntable: frame {i}/{n}")
+                frames_done(0, self.config.frames)
                 turntable = self.render(gaussians, self.turntable_viewmats(), sharpens,
-                                        self.config.video_size or self.config.size)
+                                        self.config.video_size or self.config.size, done=frames_done)
         return Reconstruction(pre.source, pre, gaussians.to("cpu"), views, turntable, pose, input_view,
                               times=times, sharpened=sharpens)
 

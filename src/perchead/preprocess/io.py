@@ -101,13 +101,37 @@ def oriented_to_raw_box(box: tuple[int, int, int, int], orientation: int,
     return box
 
 
+# First bytes of files people upload by mistake -> what to call them (the message is read by people, so it
+# names a kind of file rather than quoting bytes).
+_NOT_IMAGES = ((b"%PDF", "a PDF document"), (b"PK\x03\x04", "a ZIP archive (or an Office document)"),
+               (b"\x1f\x8b", "a gzip archive"), (b"ftyp", "a video or HEIC file"),
+               (b"RIFF", "a RIFF file (audio or video)"),
+               (b"ID3", "an MP3 file"), (b"<svg", "an SVG drawing"), (b"<?xml", "an XML file"),
+               (b"<!doctype html", "a web page"), (b"<html", "a web page"))
+
+
+def _looks_like(head: bytes) -> str:
+    """What a file that is no image seems to be, from its first bytes, for the error message."""
+    lower = head.lstrip().lower()
+    for magic, kind in _NOT_IMAGES:
+        if lower.startswith(magic.lower()) or (magic == b"ftyp" and head[4:8] == b"ftyp"):
+            return f"it looks like {kind}"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:  # the 512 bytes may end inside a character
+        text = head[:exc.start].decode("utf-8") if exc.start >= len(head) - 3 else ""
+    if text and all(c.isprintable() or c in "\t\r\n" for c in text):
+        return "it looks like a text file"
+    return "its first bytes match no image format"
+
+
 def _describe_failure(path: Path, exc: BaseException) -> str:
     """One sentence saying what is wrong with a file PIL could not decode."""
     text = str(exc)
     if isinstance(exc, Image.UnidentifiedImageError):
         with open(path, "rb") as f:
-            head = f.read(16)
-        return (f"{path}: not a recognised image file (starts with {head!r}); supported formats include "
+            head = f.read(512)
+        return (f"{path}: not a recognised image file ({_looks_like(head)}); supported formats include "
                 "JPEG, PNG, WebP, TIFF, BMP and GIF")
     if "truncated" in text:
         return f"{path}: the image data is truncated (the file ends early: {text}); re-download or re-save it"

@@ -25,7 +25,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "src" / "perchead" / "assets" / "demo_edit" / "clip_synthetic_captions"
 MODEL = dict()  # TextClipConfig defaults
-TRAIN = dict(steps=1500, batch_size=64, lr=1e-3, align_weight=10.0, seed=0)
+TRAIN = dict(steps=1200, batch_size=64, lr=1e-3, align_weight=10.0, seed=0)
 SPLITS = dict(train=("train",), heldout=("val", "test"))
 NOTICE = ("a small CLIP trained by perchead on its synthetic heads and their generated captions, standing in "
           "for a real CLIP where none can be downloaded: it knows only the captions' words (hair colour, "

@@ -1,7 +1,7 @@
 """Train the caption-trained CLIP stand-in that the bundled editing demo uses in place of a real CLIP.
 
     OMP_NUM_THREADS=1 python scripts/train_text_clip.py --data outputs/demo_edit/data
-    python scripts/train_text_clip.py --data outputs/demo_edit/data --eval-only   # retrieval table only
+    python scripts/train_text_clip.py --data outputs/demo_edit/data --eval-only   # only redo the retrieval table
 
 The data are the editing demo's synthetic heads (scripts/train_edit_demo.py makes them, train_demo.py's
 ``DATA``): a ``transformers.CLIPModel`` (perchead.textclip.TextClipConfig) and a ``CLIPTokenizer`` of the
@@ -55,7 +55,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True, help="a `perchead synth` dataset (train_demo.py's DATA)")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--steps", type=int, default=TRAIN["steps"])
-    ap.add_argument("--eval-only", action="store_true", help="evaluate the model in --out, do not train")
+    ap.add_argument("--eval-only", action="store_true",
+                    help="evaluate the model in --out (rewrites its README.md and retrieval.json), do not train")
     args = ap.parse_args()
     torch.set_num_threads(1)
     cfg = TextClipConfig(**MODEL)
@@ -84,8 +85,6 @@ def main() -> None:
     result = retrieval(model, tokenizer, heldout, evaluation_prompts())
     table = retrieval_markdown(result)
     print(table)
-    if args.eval_only:
-        return
     readme = f"""# Caption-trained CLIP stand-in (NOT a real CLIP)
 
 **{NOTICE}.**
@@ -113,7 +112,10 @@ classification: each image gets the value whose prompts score highest.
 
 {table}
 """
-    save_text_clip(model, tokenizer, args.out, readme)
+    if args.eval_only:  # the same weights; the README and retrieval.json get this evaluation
+        (args.out / "README.md").write_text(readme)
+    else:
+        save_text_clip(model, tokenizer, args.out, readme)
     (args.out / "retrieval.json").write_text(json.dumps({"train": train_info, "retrieval": result}, indent=1) + "\n")
     (args.out / "retrieval.json").chmod(0o644)
     print(f"wrote {args.out}")

@@ -83,9 +83,10 @@ def test_demo_edit_text_styles_follow_the_hair_colour_named(monkeypatch):
     hair = gaussian_labels(heads["black hair"], seg, vm, K)[:, SEG["hair"]] > 0.5
     rgb = {p: g.rgb[hair].mean(0) for p, g in heads.items()}
     red, black, blonde = rgb["red hair"], rgb["black hair"], rgb["blonde hair"]
-    # measured (see the card's text-edit table for the photo): MEASURED; bounds are about half
-    assert red[0] - red[1] > black[0] - black[1] + RED_MARGIN
-    assert blonde.mean() > black.mean() + LIGHT_MARGIN
+    # measured on this map (mean RGB of the hair Gaussians): red - green 0.139 for "red hair" vs 0.044 for
+    # "black hair"; mean 0.337 for "blonde hair" vs 0.078 for "black hair". Bounds: under half the gaps.
+    assert red[0] - red[1] > black[0] - black[1] + 0.045
+    assert blonde.mean() > black.mean() + 0.12
 
 
 def test_perchead_edit_demo_refuses_unknown_words(tmp_path, monkeypatch, capsys):

@@ -111,7 +111,7 @@ def _phrase(claim: Claim, rng: np.random.Generator, with_colour: str | None = No
             return pick((f"long {colour}hair", f"long {colour}hair", f"{colour}hair down to the shoulders"))
         return pick((f"short {colour}hair", f"short {colour}hair", f"cropped {colour}hair"))
     if name == "bald":
-        return pick(("a bald head", "no hair", "a shaved head", "bald")) if value else "a full head of hair"
+        return pick(("a bald head", "no hair", "a shaved head", "bald"))  # only heads that are bald say so
     if name == "skin":
         tone = pick(SKIN_PHRASES[value])
         return pick((f"{tone} skin", f"{'an' if tone[0] in 'aeiou' else 'a'} {tone} skin tone", f"{tone} skin"))
@@ -154,12 +154,9 @@ def sample_caption(a: HeadAttributes, rng: np.random.Generator) -> tuple[str, tu
             words = options[int(rng.integers(len(options)))]
         parts.append(_phrase(c, rng, words))
     body = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-    style = rng.random()
-    if style < 0.35:
-        text = body
-    else:
-        text = f"{SUBJECTS[int(rng.integers(len(SUBJECTS)))]} with {body}"
-    return text, tuple(chosen)
+    if rng.random() < 0.35:
+        return body, tuple(chosen)
+    return f"{SUBJECTS[int(rng.integers(len(SUBJECTS)))]} with {body}", tuple(chosen)
 
 
 def caption_fits(claims: Sequence[Claim], a: HeadAttributes) -> bool:
@@ -198,7 +195,7 @@ def evaluation_prompts() -> dict[str, dict[object, list[str]]]:
     return {
         "hair_colour": {c: [f"{p} hair" for p in HAIR_PHRASES[c]] for c in HAIR_COLOURS},
         "length": {"short": ["short hair"], "long": ["long hair"]},
-        "bald": {True: ["bald", "a bald head"], False: ["a full head of hair"]},
+        "bald": {True: ["bald", "a bald head", "a shaved head"]},
         "glasses": {True: ["glasses", "a person with glasses"]},
         "skin": {s: [f"{p} skin" for p in SKIN_PHRASES[s]] for s in SKIN_TONES},
         "eyes": {e: [f"{p} eyes" for p in EYE_PHRASES[e]] for e in EYE_COLOURS},

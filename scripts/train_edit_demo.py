@@ -5,15 +5,16 @@
     python scripts/train_edit_demo.py --data outputs/demo/data --card-only   # only redo the figure and card
 
 Stages (each printed as the exact command or step it runs; rerunning the script continues where it stopped:
-finished synthetic subjects are kept, the stand-in CLIP is reused, training uses ``--resume auto``):
+finished synthetic subjects are kept, a trained stand-in CLIP is reused, training uses ``--resume auto``):
 
 1. ``perchead synth``: the same synthetic data as scripts/train_demo.py (its ``DATA``, same seed, hence the
    same test subjects, unseen by the reconstruction demo too), with exact segmentation maps for every view.
    Skipped with ``--data``.
-2. The style encoder: **a randomly initialised CLIP stand-in** (``transformers.CLIPModel``, tiny config
-   ``CLIP``, fixed seed), because no pretrained CLIP can be downloaded where this demo is made. Image styles
-   still work (the network learns what the random image features say about the synthetic heads); text
-   prompts are not understood. The checkpoint, the card and ``perchead edit``'s edit.json say so.
+2. The style encoder: ``scripts/train_text_clip.py``, **a small CLIP trained on these synthetic heads and
+   captions generated from their parameters** (perchead.textclip; a ``transformers.CLIPModel`` and a
+   ``CLIPTokenizer`` of the captions' words), because no pretrained CLIP can be downloaded where this demo is
+   made. It stands in for CLIP here only: it knows the captions' words and synthetic heads, nothing else. The
+   checkpoint, the card and ``perchead edit`` say so.
 3. ``perchead train --stage edit --init-from src/perchead/assets/demo --clip <stand-in>``: the editing
    encoder, decoder and heads, from the bundled reconstruction demo checkpoint, with the pixel loss.
 4. Export: the last training checkpoint -> ``EditNetwork.save_pretrained(assets)`` with the stand-in CLIP
@@ -41,8 +42,7 @@ ASSETS = REPO / "src" / "perchead" / "assets" / "demo_edit"
 RECON_DEMO = REPO / "src" / "perchead" / "assets" / "demo"
 
 # Every setting of the editing demo, in one place (the data are train_demo.py's DATA).
-CLIP = dict(seed=0, hidden=64, layers=2, heads=2, image_size=64, patch=8, projection_dim=64, max_text_tokens=64)
-CLIP_FOLDER = "clip_random_standin"
+CLIP_FOLDER = "clip_synthetic_captions"  # scripts/train_text_clip.py's output
 EDIT = dict(steps=800, lr=5e-4, warmup=30, min_lr_ratio=0.1, val_every=100, ckpt_every=25, seed=0, loss="pixel",
             batch_size=4, target_views=3, studio_fraction=0.85, num_workers=1)
 # The map loss (docs/editing.md, "Map loss"): rendered labels and alpha of every target view against its exact map.
@@ -53,44 +53,15 @@ EDIT_MINUTES = 30.0  # wall-time budget of the training (SIGTERM: the trainer sa
 EVAL = dict(split="test", disentangle_subjects=12)
 FIGURE = dict(map_subject=0, style_subjects=(1, 2, 3, 4, 5), hair_grow_pixels=6, yaws=(0.0, 50.0))
 SIZE_LIMIT_MB = 20.0
-NOTICE = ("the style encoder of this demo is a randomly initialised CLIP stand-in: reference-image styles work as "
-          "learned on the synthetic data, text prompts are NOT understood (they map to arbitrary but fixed "
-          "styles); with a real CLIP (e.g. openai/clip-vit-base-patch32) train with `--clip` to get the paper's "
-          "text editing")
+NOTICE = ("the style encoder of this demo is not a real CLIP but a small CLIP stand-in trained by perchead on its "
+          "synthetic heads and their generated captions (clip_synthetic_captions/): text styles work for the "
+          "words of those captions (hair colour, long / short hair, bald, bun, glasses, skin tone, ...) and other "
+          "words are refused; image styles work as learned on synthetic heads; with a real CLIP (e.g. "
+          "openai/clip-vit-base-patch32) train with `--clip` for the paper's open-vocabulary text editing")
 
 
-def make_clip_standin(folder: Path) -> None:
-    """The random CLIP stand-in: a real ``CLIPModel`` (tiny config, seed ``CLIP['seed']``) + a byte-level
-    CLIP tokenizer (every character a token), saved with ``save_pretrained``. Deterministic."""
-    import torch
-    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
-
-    from perchead.losses.testing import tiny_clip_tokenizer
-
-    c = CLIP
-    tokenizer = tiny_clip_tokenizer()
-    text = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=c["hidden"], intermediate_size=2 * c["hidden"],
-                          num_hidden_layers=c["layers"], num_attention_heads=c["heads"],
-                          max_position_embeddings=c["max_text_tokens"], bos_token_id=0, eos_token_id=1, pad_token_id=1)
-    vision = CLIPVisionConfig(hidden_size=c["hidden"], intermediate_size=2 * c["hidden"],
-                              num_hidden_layers=c["layers"], num_attention_heads=c["heads"],
-                              image_size=c["image_size"], patch_size=c["patch"])
-    torch.manual_seed(c["seed"])
-    model = CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(),
-                                 projection_dim=c["projection_dim"]))
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "README.md").write_text(
-        "# Randomly initialised CLIP stand-in (NOT a trained CLIP)\n\n"
-        f"`transformers.CLIPModel` with random weights (seed {c['seed']}, config {c}) and a byte-level tokenizer, "
-        "made by scripts/train_edit_demo.py because no pretrained CLIP could be downloaded where the editing "
-        "demo was trained. Its image features still differ between images, so the demo's editing network "
-        "learned to read styles from them; its text features mean nothing.\n")
-    for f in tmp.iterdir():
-        f.chmod(0o644)  # transformers writes its weights owner-only; an installed package must be world-readable
-    tmp.replace(folder)
+def clip_cmd(data: Path, out: Path) -> list[str]:
+    return [sys.executable, str(REPO / "scripts" / "train_text_clip.py"), "--data", str(data), "--out", str(out)]
 
 
 def train_cmd(data: Path, out: Path, clip: Path) -> list[str]:
@@ -217,9 +188,9 @@ def main() -> None:
     else:
         _check_data(data)
 
-    if not clip.is_dir():
-        print(f"# python: make_clip_standin({clip})  (random CLIPModel, config {CLIP})", flush=True)
-        make_clip_standin(clip)
+    if not (clip / "retrieval.json").is_file():  # written last: a finished stand-in is reused
+        seconds, _ = run(clip_cmd(data, clip), log)
+        record_time(work, "clip", seconds)
     seconds, stopped = run(train_cmd(data, run_dir, clip), log, args.edit_minutes or None)
     record_time(work, "edit", seconds, "stopped by time limit" if stopped else "")
     final = latest_checkpoint(run_dir)
@@ -237,6 +208,11 @@ def main() -> None:
 
 
 def write_outputs(work: Path, assets: Path, data: Path, final: Path) -> None:
+    edits = work / "text_edits.json"
+    # kept when newer than the exported network (--card-only after a separate run: ~1 min per prompt here)
+    if not edits.is_file() or edits.stat().st_mtime < (assets / "model.safetensors").stat().st_mtime:
+        run([sys.executable, str(REPO / "scripts" / "measure_text_edits.py"), "--checkpoint", str(assets), "--figure",
+             str(assets / "text_edits.png"), "--json", str(edits), "--report-only"], work / "train_edit_demo.log")
     print(f"# python: example_figure({assets}, {data}, {assets / 'examples.png'})", flush=True)
     figure = example_figure(assets, data, assets / "examples.png")
     card = write_card(work, assets, data, final, figure)
@@ -268,12 +244,46 @@ def _val_losses(st: dict) -> str:
     return ", ".join(f"{v['loss']:.4f} (step {v['step']})" for v in st["val"]) or "none"
 
 
+def _clip_size(assets: Path) -> str:
+    c = json.loads((assets / CLIP_FOLDER / "config.json").read_text())
+    v, t = c["vision_config"], c["text_config"]
+    return (f"{v['num_hidden_layers']} layers, width {v['hidden_size']}, {v['image_size']} px images in "
+            f"{v['patch_size']} px patches, {c['projection_dim']}-d embeddings, a {len(c['perchead_vocabulary'])}-word "
+            f"CLIPTokenizer, {t['max_position_embeddings']} text tokens")
+
+
+def _clip_summary(assets: Path) -> str:
+    r = json.loads((assets / CLIP_FOLDER / "retrieval.json").read_text())["retrieval"]
+    parts = [f"{name.replace('_', ' ')} P@1 {e['p@1']:.0%}" for name, e in r["attributes"].items()]
+    return (f"{', '.join(parts)} (text -> image, {r['images']} views of the {r['subjects']} val + test subjects; "
+            f"`{CLIP_FOLDER}/README.md`).")
+
+
+def _text_edit_section(work: Path) -> str:
+    """The text-edit table of scripts/measure_text_edits.py (run by write_outputs)."""
+    t = json.loads((work / "text_edits.json").read_text())
+    lines = ["| prompt | hair pixels | L* | a* | b* | Lab of the colour named |", "|---|---:|---:|---:|---:|---|"]
+    for r in t["rows"]:
+        named = "-" if r["named_Lab"] is None else "({:.0f}, {:.0f}, {:.0f})".format(*r["named_Lab"])
+        lines.append(f"| {r['prompt']} | {r['hair_pixels']} | {r['L']:.1f} | {r['a']:.1f} | {r['b']:.1f} | {named} |")
+    checks = "; ".join(f"{c['check'].split(' >=')[0]} = {c['value']:.1f} (>= {c['check'].split('>= ')[1]}: "
+                       f"{'pass' if c['pass'] else 'FAIL'})" for c in t["checks"])
+    return (f"""**Text edits on the bundled photo** (`python scripts/measure_text_edits.py`: what `perchead edit --from
+src/perchead/assets/example_photo.jpg --style-text PROMPT` does, the map from {t['map']}, the head fitted to it
+({t['fit_steps']} steps) and rendered from the map's camera; median CIE Lab of the pixels the map calls hair,
+against the Lab of the generator's colour that the captions call by that name): {checks}.
+
+""" + "\n".join(lines) + """
+
+![text edits on the bundled photo](text_edits.png)""")
+
+
 def _style_strength(d: dict) -> str:
     rec = d.get("reconstruction_between_subjects")
     share = f", {d['style_swap']['rgb'] / rec['rgb']:.0%} of how much the reconstruction demo's colours differ " \
         "between the same subjects" if rec else ""
-    return (f"a style swap changes the Gaussians' colours by {d['style_swap']['rgb']:.3f} mean |RGB|{share} (the "
-            "skin tone transfers best; hair is not rendered as hair by either demo, see the figures).")
+    return (f"A style swap changes the Gaussians' colours by {d['style_swap']['rgb']:.3f} mean |RGB|{share} (see "
+            "the figures).")
 
 
 def _psnr_verdict(summary: dict) -> str:
@@ -302,17 +312,17 @@ def _disentangle_verdict(d: dict, m: dict) -> str:
     if ratio < 0.8:
         return (f"**Geometry follows the map only partly**: a style swap still moves the Gaussians {ratio:.2f} x as "
                 f"far as a map swap (the map moves them {1 / ratio:.1f} x as far as the style; a likely reason the "
-                "style moves them at all: the random CLIP stand-in's embedding keeps the image's layout, which real "
-                f"CLIP does not). {colour}" + scale)
+                "style moves them at all: in training the style image is the map's own image, so its embedding "
+                f"carries the same head's shape). {colour}" + scale)
     if ratio < 1:
         return (f"**Geometry is only barely disentangled**: a style swap moves the Gaussians {ratio:.2f} x as far as "
                 "a map swap, so the map decides the shape hardly more than the style does (a likely reason: the "
-                f"random CLIP stand-in's embedding keeps the image's layout, which real CLIP does not). {colour}"
+                f"the style image in training is the map's own image, so its embedding carries the same head). {colour}"
                 + scale)
     return ("**This demo is NOT disentangled in geometry**: a style swap moves the Gaussians "
             f"{ratio:.1f} x as far as a map swap. In training the style image is the "
-            "map's own image (the paper's setup), and a likely reason is that the random CLIP stand-in's embedding "
-            "keeps much of the image's layout (a random ViT has none of CLIP's learned invariances), so the "
+            "map's own image (the paper's setup), and a likely reason is that the small stand-in CLIP's embedding "
+            "keeps some of the image's layout (it has none of a real CLIP's learned invariances), so the "
             "network reads the head's shape from the style at least as easily as from the map. Colour does follow "
             f"the style ({d['rgb_ratio_style_over_map']:.1f} x the map swap's colour change)." + scale)
 
@@ -375,7 +385,7 @@ def write_card(work: Path, assets: Path, data: Path, final: Path, figure: dict) 
     note = f" ({'; '.join(notes)})" if notes else ""
     data_cmd = ("`perchead synth " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in recon_demo.DATA.items())
                 + "`")
-    text = f"""# perchead editing demo checkpoint (`tiny` preset, synthetic data, pixel + map loss, random CLIP)
+    text = f"""# perchead editing demo checkpoint (`tiny` preset, synthetic data, pixel + map loss, CLIP stand-in)
 
 **Read this first: {NOTICE}.**
 
@@ -383,7 +393,7 @@ A small editing network (docs/design.md section 2, editing row; docs/editing.md)
 `perchead edit --checkpoint demo` (the default) and `EditNetwork.from_pretrained(...)` work offline on a CPU: a
 19-class segmentation map sets the geometry, a style image the look. It is a **demo**: trained for minutes on a
 2-core CPU, only on the project's procedural synthetic heads, at {m['image_size']} px, with a pixel loss and a map
-loss, and its style encoder is not a trained CLIP.
+loss, and its style encoder is a small CLIP trained on the same synthetic heads, not a real CLIP.
 
 Reproduce it (every setting is in the script, the {EDIT_MINUTES} min training budget included):
 `OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python scripts/train_edit_demo.py` (add `--data DIR` to reuse a dataset made
@@ -397,19 +407,22 @@ the budget depend on the machine's load.
 | network | `EditNetwork`: segmentation ViT ({m['vit_depth']} blocks, width {m['vit_width']}) + style token -> the \
 reconstruction demo's decoder ({m['layers']} layers, width {m['width']}), Gaussian heads \
 ({m['template_resolution'] ** 2:,} Gaussians) and SHP-CNN, all fine-tuned from `assets/demo` except SHP-CNN (frozen) |
-| style encoder | `{CLIP_FOLDER}/`: **randomly initialised** `transformers.CLIPModel` (seed {CLIP['seed']}, \
-{CLIP['layers']} layers, width {CLIP['hidden']}, {CLIP['image_size']} px images in {CLIP['patch']} px patches, \
-{CLIP['projection_dim']}-d embeddings) with a byte-level tokenizer; frozen, never trained |
+| style encoder | `{CLIP_FOLDER}/`: **a small CLIP trained by perchead on these synthetic heads and captions \
+generated from their parameters, not a real CLIP** (`transformers.CLIPModel`, {_clip_size(assets)}; \
+`scripts/train_text_clip.py`, its own README); frozen while the editing network trains |
 | files | `model.safetensors` ({weights_mb:.1f} MiB) + `config.json` (names the CLIP as `./{CLIP_FOLDER}`, relative \
 to this folder) + `{CLIP_FOLDER}/` ({clip_mb:.1f} MiB) + figures: {total_mb:.1f} MiB in all |
 | load | `EditNetwork.from_pretrained("<this folder>")`, `perchead edit --checkpoint demo` |
 | from | edit run `{final.name}` (`perchead train --stage edit --init-from src/perchead/assets/demo`) |
 
-What the stand-in means in practice: `style_from_image` gives embeddings that differ between images (colours,
-layout), and training taught the network to read the synthetic heads' colours from them: {_style_strength(d)}
-`style_from_text` runs, but its embedding of a prompt is an
-arbitrary fixed vector the network never saw in training: "red hair" does not give red hair. Swapping in a real
-CLIP needs retraining (its embedding size and space differ; the checkpoint refuses a CLIP of another size).
+What the stand-in means in practice: its image embedding says what the synthetic heads' captions say (hair
+colour, long / short hair, bald, bun, glasses, earrings, necklace, collar, skin tone, eye colour), and its text
+embedding of a prompt made of the captions' words lands near the images it describes (the editing network is
+trained on image embeddings only, as in the paper). Held-out retrieval with it: {_clip_summary(assets)}
+Prompts with any other word are refused with the list of words it knows. {_style_strength(d)} Swapping in a
+real CLIP needs retraining (its embedding size and space differ; the checkpoint refuses a CLIP of another size).
+
+{_text_edit_section(work)}
 
 ## Data
 
@@ -485,9 +498,9 @@ style 1. That edit moves the Gaussians by {figure['hair_edit_mean_mm']:.3f} mm o
 
 ## Limitations
 
-- **Random CLIP stand-in: text prompts do not work**; image styles work only as far as the random features
-  separate the synthetic heads' looks. Train with `--clip openai/clip-vit-base-patch32` (or a local copy) for
-  the paper's zero-shot text editing.
+- **The style encoder is a stand-in**: a small CLIP trained on the synthetic heads' captions, so text styles
+  know only those words and image styles only what separates the synthetic heads. Train with `--clip
+  openai/clip-vit-base-patch32` (or a local copy) for the paper's open-vocabulary text editing.
 - Map edits move the geometry only within the reconstruction demo's small range (s_max) and, without the map
   fit (`--fit-steps 0`), follow the map only as far as the numbers above say; with the fit, the front follows
   the map and the sides can show seams where fitted and unfitted Gaussians meet.

@@ -56,10 +56,11 @@ def edit(
         seg: segmentation map PNG (8-bit class ids 0..18, or painted in the class palette); square.
         out: output folder.
         style_image: reference image whose CLIP embedding is the style.
-        style_text: text prompt whose CLIP embedding is the style (e.g. "a person with red curly hair").
+        style_text: text prompt whose CLIP embedding is the style (e.g. "a person with long red hair").
         from_photo: a photo: its map (unless --seg is given) and, without --style-*, its style.
         checkpoint: editing checkpoint folder or hub id (or an edit-stage training checkpoint), or "demo" (the
-            bundled one; its style encoder is a random CLIP stand-in: image styles work, text prompts do not).
+            bundled one; its style encoder is a small CLIP stand-in trained on synthetic heads' captions: text
+            prompts work in the captions' words, e.g. "red hair", "long blonde hair", others are refused).
         clip: CLIP hub id or folder replacing the one the checkpoint names.
         face_parser: face-parsing model (hub id or folder, e.g. jonathandinu/face-parsing) for --from; default:
             the offline MediaPipe fallback.

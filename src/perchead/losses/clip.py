@@ -2,7 +2,8 @@
 
 Both go through the same ``CLIPModel`` (``get_image_features`` / ``get_text_features``, i.e. pooled output
 then the visual / text projection), so an image embedding and a text embedding are directly comparable
-and interchangeable as the editing style token.
+and interchangeable as the editing style token. A closed-vocabulary CLIP (the caption-trained stand-in,
+perchead.textclip) refuses prompts with words it never learned.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from perchead.textclip.vocabulary import check_prompts, closed_vocabulary
 
 from .base import center_crop, resize_short_side
 from .foundation import ClipModels
@@ -47,6 +50,9 @@ def clip_text_embedding(clip: ClipModels, texts: str | Sequence[str]) -> torch.T
     if not texts or not all(isinstance(t, str) for t in texts):
         raise ValueError("texts must be a non-empty string or list of strings")
     model = clip.model
+    vocabulary = closed_vocabulary(model.config)
+    if vocabulary is not None:  # a caption-trained stand-in: words it never learned would embed arbitrarily
+        check_prompts(list(texts), vocabulary, repr(clip.name))
     tokens = clip.tokenizer(
         list(texts),
         padding=True,

@@ -51,7 +51,7 @@ class EditEvalConfig(EvalConfig):
     """subjects whose input views are swapped pairwise in the disentanglement measure (all ordered pairs)"""
     map_fidelity: MapEvalConfig = field(default_factory=MapEvalConfig)
     """does the head follow the map: IoU from the map's camera, controlled edits, the fit (map_eval.py);
-    ``--config.map-fidelity.subjects 0`` skips it"""
+    ``--map-fidelity.subjects 0`` skips it"""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -349,7 +349,7 @@ def test_paint_render_and_the_result_changes(browser_page, artefacts):
     page, _ = browser_page
     page.click("button[role=tab]:has-text('Edit')")
     page.wait_for_selector("#map-editor canvas")
-    page.fill("#style-text textarea", "a person with red curly hair")
+    page.fill("#style-text textarea", "a person with long red hair")  # words the bundled stand-in CLIP knows
     page.click("#run-edit")
     text = wait_for_status(page, "#status-edit", "Rendered", "Error")
     assert text.startswith("Rendered the edited head"), text

@@ -9,6 +9,7 @@ perchead.textclip) refuses prompts with words it never learned.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +53,8 @@ def clip_text_embedding(clip: ClipModels, texts: str | Sequence[str]) -> torch.T
     model = clip.model
     vocabulary = closed_vocabulary(model.config)
     if vocabulary is not None:  # a caption-trained stand-in: words it never learned would embed arbitrarily
-        check_prompts(list(texts), vocabulary, repr(clip.name))
+        # Only the folder's own name: the message reaches the app's page, which must show no server path.
+        check_prompts(list(texts), vocabulary, repr(Path(str(clip.name)).name))
     tokens = clip.tokenizer(
         list(texts),
         padding=True,

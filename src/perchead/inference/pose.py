@@ -10,8 +10,8 @@ the standard radius and field of view looking at the head centre -- with an unkn
   canonical frame (``assets/face_landmarks_3d.npy``, built from train-split synthetic heads by
   ``scripts/make_landmark_model.py``); OpenCV's RANSAC PnP gives the camera, its centre's direction the yaw and
   pitch. Face Mesh was trained on real faces, so on a real near-frontal photo it is the reading to trust; but
-  beyond ~30 degrees it regresses a less turned face (a true 60 read as 35-48, and the reading moves between
-  CPUs: 39.9 on one, 47 on another) or finds none.
+  beyond ~30 degrees it regresses a less turned face (a true 60 read as 35-48; on an Intel machine one held-out
+  head turned 60 was read at 39.9, where the same head reads otherwise here) or finds none.
 * ``pose_net``: the small CNN of :mod:`perchead.inference.pose_net`, trained on synthetic renders from every
   side; it reads turned heads, profiles and backs, but has seen only procedural heads (on the astronaut it
   reads -13.8 degrees where Face Mesh reads -0.1).
@@ -118,8 +118,8 @@ def pose_from_landmarks(points: np.ndarray, size: int) -> Pose | None:
 
 FRONTAL_TURN_DEG = (20.0, 40.0)
 """The landmarks' weight falls from full to none as the more turned of the two readings goes from 20 to 40
-degrees (benchmarks/bench_pose.py: Face Mesh + PnP errs up to 9-15 degrees at a true 30-40 and up to 67 at 50,
-the pose net 4-6 there)."""
+degrees (benchmarks/bench_pose.py, docs/reconstruct.md: Face Mesh + PnP errs up to 8-9 degrees at a true 30, up
+to 18-31 at 45 and 20-59 at 60, the pose net up to 3-6 there)."""
 
 AGREEMENT_DEG = (8.0, 15.0)
 """Near frontal, readings within 8 degrees of each other are averaged; from 15 degrees apart the landmarks

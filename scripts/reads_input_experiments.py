@@ -48,6 +48,8 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "stats_xavier": ({"stats_branch": True, "attn_init": "xavier"}, {}),
     "stats_qknorm_global_xavier": ({"stats_branch": True, "qk_norm": True, "global_token": True,
                                     "attn_init": "xavier"}, {}),
+    "colour_read": ({"colour_read": True}, {}),
+    "stats_colour_read": ({"stats_branch": True, "colour_read": True}, {}),
     "all_enc_lr3": ({"stats_branch": True, "qk_norm": True, "global_token": True}, {"encoder_lr_scale": 3.0}),
 }
 

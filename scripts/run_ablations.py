@@ -45,10 +45,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 STUDIES = ("baseline", "data", "loss", "shp")
 
-# name -> (what it is, extra/overridden training options)
-RUNS: dict[str, tuple[str, dict[str, str]]] = {
+# name -> (what it is, extra/overridden training options; a value None removes that flag)
+RUNS: dict[str, tuple[str, dict[str, str | None]]] = {
     "perchead": ("PercHead (template decoder), train_demo's settings", {}),
-    "lifting": ("2D-lifting decoder, same data, loss and budget", {"--model.decoder": "lifting"}),
+    # The lifting decoder copies colours from its own pixels: no colour read (None drops a flag).
+    "lifting": ("2D-lifting decoder, same data, loss and budget", {"--model.decoder": "lifting",
+                                                                   "--model.colour-read": None}),
     "single_view": ("single-view subjects only", {"--data.studio-fraction": "0"}),
     "multi_view": ("multi-view subjects only", {"--data.studio-fraction": "1"}),
     "loss_lpips": ("LPIPS loss", {"--loss-name": "lpips"}),
@@ -73,10 +75,12 @@ def load_train_demo():
     return module
 
 
-def set_option(cmd: list[str], option: str, value: str) -> list[str]:
+def set_option(cmd: list[str], option: str, value: str | None) -> list[str]:
     """Replace ``option``'s value in a command, or append the option (tyro accepts options after the
-    preset subcommand)."""
+    preset subcommand); ``value`` None removes ``option``, a flag without a value."""
     cmd = list(cmd)
+    if value is None:
+        return [c for c in cmd if c != option]
     if option in cmd:
         cmd[cmd.index(option) + 1] = value
     else:

@@ -167,3 +167,23 @@ def test_map_loss_options_and_batches():
     assert torch.equal(batch.target_segmentation[0], segs[:, ::2, ::2])
     assert torch.equal(batch.input_segmentation[0], segs[0, ::2, ::2])
     assert torch.equal(batch.target_segmentation[1, 1], segs[0, ::2, ::2])  # padding repeats the first view
+
+
+def test_edit_stage_starts_from_a_colour_read_model_and_stores_what_it_trained(tmp_path, one_thread):
+    clip = save_tiny_models(tmp_path / "models")["clip"]
+    data = tmp_path / "synth"
+    generate(SynthConfig(subjects=2, views=2, size=32, surface_resolution=32), data, progress=False)
+    cfg = TrainConfig(out=str(tmp_path / "run"), stage="edit", steps=2, device="cpu", loss_name="pixel",
+                      clip=str(clip), model=tiny_model_config(56, colour_read=True),
+                      data=DataConfig(root=str(data), batch_size=1), optim=OptimConfig(lr=1e-3, warmup_steps=1),
+                      log=LogConfig(progress=False, tensorboard=False, val_every=0),
+                      checkpoint=CheckpointConfig(every=2))
+    torch.manual_seed(0)
+    model = PercHead(cfg.model)
+    start = model.heads.out.weight.clone()
+    result = Trainer(cfg, model=model).run()
+    # The editing network has no photo to read colours from: its checkpoint says so and holds the trained heads.
+    net = EditNetwork.from_pretrained(result.checkpoint, clip=str(clip))
+    assert not net.config.colour_read and net.heads.colour_read is None
+    assert torch.equal(net.heads.out.weight, model.heads.out.weight)
+    assert not torch.equal(net.heads.out.weight, start)

@@ -271,3 +271,33 @@ def test_yaw_buckets_count_each_view_pair_once_and_tabulate():
     assert bucket_edges(100) == [(0.0, 100.0), (100.0, 180.0)]
     with pytest.raises(ValueError, match="bucket_deg"):
         bucket_edges(0)
+
+
+def test_reads_input_option_writes_its_tables_and_swatches(setup, tmp_path):
+    data, template, lifting, _ = setup
+    out = tmp_path / "eval"
+    assert main(["eval", "--checkpoint", str(template), "--checkpoint", f"lift={lifting}", "--data", str(data),
+                 "--out", str(out), "--split", "train", "--metrics", "psnr", "--figure-subjects", "0",
+                 "--reads-input"]) == 0
+    found = json.loads((out / "reads_input.json").read_text())
+    methods = {r["method"] for r in found["yaw_summary"]}
+    assert {"run_a", "lift", "template_mean_colour", "silhouette_mean_colour"} <= methods
+    md = (out / "reads_input.md").read_text()
+    assert "| 150-180 | lift |" in md and "| 150-180 | run_a |" in md
+    # The toy heads have no segmentation maps: no colour rows, so no swatches (a synthetic dataset has both).
+    assert not found["colour_rows"] and not (out / "reads_input.png").exists()
+    assert "--reads-input" in json.loads((out / "summary.json").read_text())["info"]["command"]
+
+
+def test_reads_input_swatches_show_each_subjects_colours(tmp_path):
+    from perchead.data.synth import SynthConfig, generate
+    from perchead.eval.reads_input import measure, swatch_figure
+
+    data = tmp_path / "synth"
+    generate(SynthConfig(subjects=2, views=8, size=48, surface_resolution=32, kind="studio"), data, progress=False)
+    torch.manual_seed(0)
+    res = measure({"net": PercHead(tiny_model_config(image_size=48))}, data, views="colour")
+    back = [r for r in res.colour_rows if r["view"] == "back" and r["cls"] == "hair"]
+    assert {r["method"] for r in back} == {"net", "template_mean_colour", "silhouette_mean_colour"}
+    assert len({r["subject"] for r in back}) == 2
+    assert swatch_figure(res, tmp_path / "s.png").stat().st_size > 1000

@@ -106,6 +106,25 @@ def test_astronaut_gives_centred_head_crop(astronaut_result):
     assert np.allclose(r.camera.Ks.numpy(), cam.Ks.numpy()) and r.camera.width == 512
 
 
+def test_a_tilted_head_comes_out_upright(astronaut):
+    """The crop levels the eyes (FFHQ's alignment): the network and the fit only know upright heads."""
+    from perchead.preprocess.crop import eye_roll_deg
+
+    assert eye_roll_deg((0, 0), (10, 0)) == 0.0 and eye_roll_deg((0, 0), (10, 10)) == pytest.approx(45.0)
+    upright = preprocess_image(astronaut)
+    tilted = preprocess_image(np.asarray(Image.fromarray(astronaut).rotate(-20, resample=Image.Resampling.BICUBIC)))
+    # Turning the photo 20 degrees clockwise tilts the eye line by as much (measured 20.2 more than upright's).
+    assert tilted.roll_deg - upright.roll_deg == pytest.approx(20.0, abs=3.0)
+    assert tilted.metadata()["roll_deg"] == pytest.approx(tilted.roll_deg, abs=1e-3)
+    faces, _ = detect_faces(tilted.crop)
+    level = eye_roll_deg(faces[0].right_eye, faces[0].left_eye)
+    # The crop's own eye line by the coarser detector (measured -1.5; on the upright crop -1.2): level within 5.
+    assert abs(level) < 5.0, level
+    assert float(tilted.mask.mean()) == pytest.approx(float(upright.mask.mean()), abs=0.05)
+    off = preprocess_image(astronaut, level_eyes=False)
+    assert off.roll_deg == 0.0
+
+
 def test_astronaut_mask_is_clean(astronaut_result):
     r = astronaut_result
     m = r.mask

@@ -363,7 +363,10 @@ def test_sharpen_runs_at_the_trained_size(checkpoint):
         direct = model.sharpen(render.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         a, b = native.render(g, vm), large.render(g, vm)
     # At the trained size the output is SHP-CNN's own; larger renders only ever feed it images of that size.
-    np.testing.assert_array_equal(a, (direct.clamp(0, 1) * 255).round().byte().numpy())
+    # Equal up to the 8-bit rounding of float noise (batched and single renders sum in other orders: one value
+    # of 98,304 was 1 apart once); a wrong size or a missing SHP-CNN moves thousands by much more.
+    diff = np.abs(a.astype(int) - (direct.clamp(0, 1) * 255).round().byte().numpy().astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
     assert set(seen) == {(s, s)}
     # ... and their correction is the upsampled one: box-downsampled back, they match the native result.
     down = b.reshape(2, s, 2, s, 2, 3).astype(np.float64).mean(axis=(2, 4))

@@ -48,6 +48,9 @@ class EditNetwork(nn.Module):
         """``decoder`` / ``heads`` / ``shp_cnn``: modules to share (a reconstruction model's); new ones
         otherwise. ``clip``: an already-loaded CLIP instead of loading ``edit.clip`` on first use."""
         super().__init__()
+        if config.colour_read:
+            raise ValueError("the editing network takes its colours from the style (CLIP), not from a photo: its "
+                             "config must have colour_read off (from_reconstruction does that for you)")
         self.config = config
         self.edit_config = edit
         self.template = template
@@ -69,11 +72,20 @@ class EditNetwork(nn.Module):
     def from_reconstruction(cls, model: PercHead, edit: EditConfig | None = None,
                             clip: ClipModels | None = None) -> EditNetwork:
         """The editing network of a trained PercHead: its template, decoder, heads and SHP-CNN (shared,
-        not copied), a new segmentation + style encoder whose ViT blocks start from the image ViT's."""
+        not copied; the heads of a ``colour_read`` model are copied without their photo read), a new
+        segmentation + style encoder whose ViT blocks start from the image ViT's."""
         if edit is None:
             edit = (EditConfig(clip=clip.name, clip_dim=int(clip.model.config.projection_dim)) if clip is not None
                     else EditConfig())
-        net = cls(model.config, edit, model.template, model.decoder, model.heads, model.shp_cnn, clip)
+        config, heads = model.config, model.heads
+        if config.colour_read:
+            # Its colours come from the style, not a photo: the heads without the photo read, the rest copied
+            # (so the reconstruction model is left as it was).
+            config = config.replace(colour_read=False)
+            heads = GaussianHeads(config, model.template)
+            heads.load_state_dict({k: v for k, v in model.heads.state_dict().items()
+                                   if not k.startswith("colour_read.")})
+        net = cls(config, edit, model.template, model.decoder, heads, model.shp_cnn, clip)
         src, dst = model.encoder.vit, net.encoder.vit
         with torch.no_grad():
             dst.pos_embed.copy_(src.pos_embed)

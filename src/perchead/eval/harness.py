@@ -69,6 +69,9 @@ class EvalConfig:
     with this many steps, the input camera estimated from the input image): methods NAME_fitted"""
     fit_size: int | None = None
     """side (pixels) of the fitted input view (None: FitConfig's default, what `perchead reconstruct` uses)"""
+    reads_input: bool = False
+    """also measure whether each checkpoint reads its input (perchead.eval.reads_input: hair and skin colour at
+    the back and the profiles against the truth, PSNR per target-yaw bucket): reads_input.md/.json/.png"""
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
 
     def __post_init__(self) -> None:

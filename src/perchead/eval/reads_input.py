@@ -219,4 +219,48 @@ def format_tables(result: ReadsInputResult) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["ReadsInputResult", "colour_views", "format_tables", "measure", "summarise_colour", "summarise_yaw"]
+def swatch_figure(result: ReadsInputResult, path: str | Path, view: str = "back", cls: str = "hair") -> Path | None:
+    """One row per subject, one column per method (the truth first): the median colour of ``cls`` in ``view``
+    as a swatch, with its delta E. A network that paints every head alike shows one colour down its column."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from skimage.color import lab2rgb
+
+    rows = [r for r in result.colour_rows if r["view"] == view and r["cls"] == cls]
+    if not rows:
+        return None
+    subjects = list(dict.fromkeys(r["subject"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    cell = {(r["subject"], r["method"]): r for r in rows}
+    fig, ax = plt.subplots(figsize=(1.3 * (len(methods) + 1) + 1.5, 0.32 * len(subjects) + 1.0))
+    for i, subj in enumerate(subjects):
+        truth = next(cell[subj, m]["truth_lab"] for m in methods if (subj, m) in cell)
+        for j, (lab, text) in enumerate([(truth, "")] + [
+                (cell[subj, m]["pred_lab"], f"{cell[subj, m]['delta_e']:.0f}") if (subj, m) in cell else (None, "")
+                for m in methods]):
+            if lab is None:
+                continue
+            rgb = lab2rgb(np.asarray(lab, dtype=float)[None, None])[0, 0]
+            ax.add_patch(plt.Rectangle((j, i), 0.92, 0.88, color=rgb))
+            if text:
+                ax.text(j + 0.46, i + 0.44, text, ha="center", va="center", fontsize=7,
+                        color="white" if lab[0] < 55 else "black")
+    ax.set_xlim(0, len(methods) + 1)
+    ax.set_ylim(len(subjects), 0)
+    ax.set_xticks([j + 0.46 for j in range(len(methods) + 1)], ["truth", *methods], rotation=20, ha="right",
+                  fontsize=8)
+    ax.set_yticks([i + 0.44 for i in range(len(subjects))], subjects, fontsize=7)
+    ax.set_title(f"{cls} colour in the {view.replace('_', ' ')} view (number: delta E to the truth)", fontsize=9)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["ReadsInputResult", "colour_views", "format_tables", "measure", "summarise_colour", "summarise_yaw",
+           "swatch_figure"]

@@ -614,6 +614,8 @@ def run_eval(checkpoints: dict[str, str], data: Path, out: Path, config: EvalCon
         best, worst = rank_subjects(per_subject, method_names[0], figure_subjects)
         if best_worst_grid(methods, data, config, rows, best, worst, out / "best_worst.png") is not None:
             figures[f"Best and worst subjects of `{method_names[0]}` (novel-view PSNR)"] = "best_worst.png"
+    if config.reads_input:
+        figures.update(write_reads_input(models, data, config, out))
     result = _jsonable({"info": info, "summary": summary, "subjects": per_subject})  # NaN -> null
     atomic_write_json(out / "summary.json", result)
     atomic_write_text(out / "results.md",
@@ -624,6 +626,21 @@ def run_eval(checkpoints: dict[str, str], data: Path, out: Path, config: EvalCon
           "results.md, "
           + ", ".join(figures.values()))
     return result
+
+
+def write_reads_input(models: dict[str, PercHead], data: Path, config: EvalConfig, out: Path) -> dict[str, str]:
+    """``--reads-input``: perchead.eval.reads_input's tables (reads_input.md), rows (reads_input.json) and the
+    back-hair swatches (reads_input.png) of the checkpoints on the split; returns the figure for results.md."""
+    from .reads_input import format_tables, measure, swatch_figure
+
+    res = measure(models, data, split=config.split, max_subjects=config.max_subjects)
+    atomic_write_json(out / "reads_input.json", _jsonable(
+        {"colour_summary": res.colour_summary, "yaw_summary": res.yaw_summary, "colour_rows": res.colour_rows}))
+    atomic_write_text(out / "reads_input.md", "# Does the network read its input?\n\n" + format_tables(res) + "\n")
+    print(format_tables(res))
+    if swatch_figure(res, out / "reads_input.png") is None:
+        return {}
+    return {"Back-hair colour per subject: truth and each method (data: reads_input.md)": "reads_input.png"}
 
 
 def _jsonable(obj: Any) -> Any:

@@ -96,6 +96,13 @@ class ModelConfig:
     # -- Gaussian heads ---------------------------------------------------------------------------------
     gaussian_latent: int = 64
     """Channels per Gaussian after PixelShuffle(4) (each token -> 16 latents)."""
+    colour_read: bool = False
+    """each Gaussian's colour starts from the input's own colours: its latent queries the 2D tokens in a small
+    cross-attention whose values are the patches' mean foreground RGB (perchead.model.heads.ColourRead), and
+    the colour head adds a correction in logit space. Untrained it paints the input's mean colour; training
+    only has to learn *where* to look (issue 27). Off: the paper's linear colour head alone"""
+    colour_read_heads: int = 4
+    colour_read_dim: int = 16
     s_init: float = 0.1
     s_max: float = 0.05
     """Largest offset of a Gaussian from its template point per axis, as a fraction of the head size (the
@@ -135,6 +142,11 @@ class ModelConfig:
             problems.append(f"opacity_init {self.opacity_init} must be in (0, 1)")
         if self.attn_init not in ("small", "xavier"):
             problems.append(f"attn_init {self.attn_init!r} is not 'small' or 'xavier'")
+        if self.colour_read and self.decoder != "template":
+            problems.append("colour_read is a template-decoder option (the lifting decoder copies colours "
+                            "from its own pixels)")
+        if self.colour_read_heads < 1 or self.colour_read_dim < 1:
+            problems.append("colour_read_heads and colour_read_dim must be >= 1")
         if self.stats_freqs < 0:
             problems.append(f"stats_freqs {self.stats_freqs} must be >= 0")
         if problems:

@@ -31,6 +31,7 @@ class ImageTokens:
     valid: Tensor  # [B, M] bool, False for padding
     patch_index: Tensor  # [B, M] long, row-major index into the patch grid (padding: arbitrary)
     global_token: Tensor | None = None  # [B, 1, C] image-level token (config global_token), always valid
+    colours: Tensor | None = None  # [B, M, 3] mean foreground RGB in [0, 1] per token (config colour_read)
 
 
 # -- DINOv2 ------------------------------------------------------------------------------------------------
@@ -138,7 +139,7 @@ class PatchStatsBranch(nn.Module):
         self.register_buffer("centres", torch.stack([xx, yy], -1).reshape(-1, 2), persistent=False)
 
     @staticmethod
-    def _weighted_mean(x: Tensor, w: Tensor, size: int) -> Tensor:
+    def weighted_mean(x: Tensor, w: Tensor, size: int) -> Tensor:
         """Mask-weighted mean of ``x`` over the cells of a ``size`` x ``size`` grid; plain mean where a cell
         has no foreground (such patches are dropped later, this only keeps the numbers finite)."""
         num = F.adaptive_avg_pool2d(x * w, size)
@@ -150,12 +151,12 @@ class PatchStatsBranch(nn.Module):
         """rgb [B, 3, S', S'] composited in [0, 1], mask [B, 1, S', S'] (both padded to whole patches)
         -> [B, P, out_dim], P row-major."""
         g = self.grid
-        mean = self._weighted_mean(rgb, mask, g)
+        mean = self.weighted_mean(rgb, mask, g)
         # Deviations from the patch's own mean (not E[x^2] - E[x]^2, whose rounding the sqrt would amplify).
         p = self.patch_size
         centred = rgb - mean.repeat_interleave(p, -1).repeat_interleave(p, -2)
-        var = self._weighted_mean(centred * centred, mask, g)
-        sub = self._weighted_mean(rgb, mask, 2 * g)  # [B, 3, 2g, 2g]
+        var = self.weighted_mean(centred * centred, mask, g)
+        sub = self.weighted_mean(rgb, mask, 2 * g)  # [B, 3, 2g, 2g]
         sub = sub.view(rgb.shape[0], 3, g, 2, g, 2).permute(0, 1, 3, 5, 2, 4).reshape(rgb.shape[0], 12, g, g)
         frac = F.adaptive_avg_pool2d(mask, g)
         feats = torch.cat([mean * 2 - 1, var.sqrt() * 2, sub * 2 - 1, frac * 2 - 1], 1).flatten(2).transpose(1, 2)
@@ -245,13 +246,14 @@ class ImageEncoder(nn.Module):
         pixels, fg = self.prepare(image, mask)
         index, valid = self.select_foreground(fg)
         feats = [self.vit(pixels, index, valid)]
+        lo, hi = self.cfg.patch_padding
+        rgb = pixels * self.std + self.mean
+        m = F.pad(mask if mask.ndim == 4 else mask.unsqueeze(1), (lo, hi, lo, hi)).to(pixels.dtype)
         if self.dino is not None:
             d = self.dino(pixels)
             feats.append(torch.gather(d, 1, index[..., None].expand(-1, -1, d.shape[-1])))
         if self.stats is not None:
-            lo, hi = self.cfg.patch_padding
-            m = F.pad(mask if mask.ndim == 4 else mask.unsqueeze(1), (lo, hi, lo, hi)).to(pixels.dtype)
-            st = self.stats(pixels * self.std + self.mean, m)
+            st = self.stats(rgb, m)
             feats.append(torch.gather(st, 1, index[..., None].expand(-1, -1, st.shape[-1])))
         feats = torch.cat(feats, dim=-1)
         tokens = self.fuse(feats) * valid[..., None]
@@ -259,4 +261,8 @@ class ImageEncoder(nn.Module):
         if self.cfg.global_token:
             w = valid[..., None].to(feats.dtype)
             glob = self.fuse((feats * w).sum(1, keepdim=True) / w.sum(1, keepdim=True))
-        return ImageTokens(tokens, valid, index, glob)
+        colours = None
+        if self.cfg.colour_read:
+            c = PatchStatsBranch.weighted_mean(rgb, m, self.cfg.patch_grid).flatten(2).transpose(1, 2)
+            colours = torch.gather(c, 1, index[..., None].expand(-1, -1, 3))
+        return ImageTokens(tokens, valid, index, glob, colours)

@@ -5,6 +5,8 @@
 * rotation  normalise(Linear(F) + (1, 0, 0, 0))                 (quaternion wxyz; starts at identity)
 * opacity   sigmoid(Linear(F) + logit(opacity_init))            (starts near opacity_init)
 * colour    sigmoid(Linear(F))                                  (RGB, SH degree 0; starts grey)
+            or, with ``colour_read``, sigmoid(logit(READ(F, F2D)) + Linear(F)) where READ is the input's own
+            patch colours averaged by a small cross-attention (:class:`ColourRead`; starts at the mean colour)
 
 The output is a batched :class:`perchead.geometry.Gaussians` in the template's row-major point order.
 """
@@ -20,6 +22,7 @@ from torch import Tensor, nn
 from perchead.geometry import Gaussians, rgb_to_sh_dc
 
 from .config import ModelConfig
+from .encoder import ImageTokens
 from .layers import init_linear
 from .template import TOKEN_SIDE, HeadTemplate
 
@@ -47,6 +50,44 @@ def activate_appearance(raw: Tensor, cfg: ModelConfig) -> tuple[Tensor, Tensor, 
             rgb_to_sh_dc(torch.sigmoid(d_rgb)).unsqueeze(-2))
 
 
+class ColourRead(nn.Module):
+    """Per-Gaussian cross-attention from the Gaussian latents to the 2D tokens whose *values are the patches'
+    mean RGB*: each Gaussian reads a colour straight from the photo, mixed over a few heads by weights of its
+    own. Why: the paper's colour head must route a patch's colour through the encoder, the attention and the
+    MLPs before the network can copy it, which a small CPU budget does not learn (issue 27: the demo painted
+    every head's back alike). Here the copy is built in and only *where to look* is learnt: what a Gaussian at
+    the back of the head should read is the hair the photo shows. Still cross-attention from 3D to 2D only:
+    no Gaussian sees another."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        h, d = cfg.colour_read_heads, cfg.colour_read_dim
+        self.heads, self.dim = h, d
+        self.q = nn.Linear(cfg.gaussian_latent, h * d)
+        self.k = nn.Linear(cfg.f2d_width, h * d)
+        self.mix = nn.Linear(cfg.gaussian_latent, h)
+        # Attention logits of order one from the start (queries and keys at unit scale): what a Gaussian reads
+        # must be able to move with the first steps' gradients, which vanish with two 0.02-std factors.
+        for lin in (self.q, self.k):
+            nn.init.xavier_uniform_(lin.weight)
+            nn.init.zeros_(lin.bias)
+        init_linear(self.mix)
+
+    def forward(self, latents: Tensor, image: ImageTokens) -> Tensor:
+        """latents [B, N, C], image tokens with ``colours`` -> [B, N, 3] colours in [0, 1]."""
+        if image.colours is None:
+            raise ValueError("colour_read needs the image tokens' patch colours: encode with a colour_read "
+                             "config (ImageEncoder fills ImageTokens.colours)")
+        b, n, _ = latents.shape
+        m, h, d = image.tokens.shape[1], self.heads, self.dim
+        q = self.q(latents).view(b, n, h, d).transpose(1, 2)
+        k = self.k(image.tokens).view(b, m, h, d).transpose(1, 2)
+        v = image.colours[:, None].expand(b, h, m, 3)
+        read = F.scaled_dot_product_attention(q, k, v, attn_mask=image.valid[:, None, None, :])  # [B, H, N, 3]
+        weights = self.mix(latents).softmax(-1)  # [B, N, H]
+        return torch.einsum("bhnc,bnh->bnc", read, weights)
+
+
 class GaussianHeads(nn.Module):
     def __init__(self, cfg: ModelConfig, template: HeadTemplate) -> None:
         super().__init__()
@@ -56,6 +97,7 @@ class GaussianHeads(nn.Module):
         self.shuffle = nn.PixelShuffle(TOKEN_SIDE)
         self.out = nn.Linear(c, sum(_SPLIT))
         self.apply(init_linear)
+        self.colour_read = ColourRead(cfg) if cfg.colour_read else None
         # The offset bound in metres depends on the template; a buffer so a checkpoint keeps its own.
         self.register_buffer("s_max_m", torch.tensor(cfg.s_max * template.head_size()))
         with torch.no_grad():
@@ -67,9 +109,17 @@ class GaussianHeads(nn.Module):
         x = self.expand(features).transpose(1, 2).reshape(b, -1, token_grid, token_grid)
         return F.gelu(self.shuffle(x)).flatten(2).transpose(1, 2)
 
-    def forward(self, features: Tensor, template: HeadTemplate) -> Gaussians:
+    def forward(self, features: Tensor, template: HeadTemplate, image: ImageTokens | None = None) -> Gaussians:
+        """``image``: the 2D tokens the features were decoded from; needed (only) with ``colour_read``."""
         cfg = self.cfg
-        raw = self.out(self.latents(features, template.token_grid))
+        latents = self.latents(features, template.token_grid)
+        raw = self.out(latents)
+        if self.colour_read is not None:
+            if image is None:
+                raise ValueError("this model's colours are read from the image (colour_read): pass the image "
+                                 "tokens to the Gaussian heads")
+            read = self.colour_read(latents, image).clamp(1e-3, 1.0 - 1e-3)
+            raw = torch.cat([raw[..., :-3], raw[..., -3:] + torch.logit(read)], -1)
         d_pos, appearance = raw.split((3, sum(APPEARANCE)), dim=-1)
         anchors, _ = template.points()
         means = anchors + torch.tanh(d_pos * cfg.s_init) * self.s_max_m

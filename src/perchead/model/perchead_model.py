@@ -89,7 +89,7 @@ class PercHead(nn.Module):
             return self.heads(self.decoder(image_tokens), image_tokens, viewmats, Ks)
         tokens = self.initial_tokens() if initial_tokens is None else initial_tokens
         features = self.decoder(*self.context(image_tokens), tokens)
-        return self.heads(features, self.template)
+        return self.heads(features, self.template, image_tokens)
 
     @staticmethod
     def context(image_tokens: ImageTokens) -> tuple[Tensor, Tensor]:

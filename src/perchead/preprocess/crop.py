@@ -93,9 +93,22 @@ def outside_fraction(box: Box, size: tuple[int, int]) -> float:
     return 1.0 - ix * iy / area
 
 
+def eye_roll_deg(right_eye: np.ndarray, left_eye: np.ndarray) -> float:
+    """The in-plane tilt of the eye line, degrees: positive when the person's left eye (on the image's right)
+    is lower in the picture. :func:`extract_crop` with this ``roll_deg`` levels the eyes."""
+    d = np.asarray(left_eye, float) - np.asarray(right_eye, float)
+    return float(math.degrees(math.atan2(d[1], d[0])))
+
+
+ROLL_MIN_DEG = 0.5
+"""tilts below this are not undone (a resampling for less than 2 px at the crop's corners)"""
+
+
 def extract_crop(source: SourceImage, box: Box, size: int, pad_mode: str = "edge",
-                 pad_value: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
-    """The square ``box`` of the upright source resampled to ``size`` x ``size`` (uint8, 3 or 4 channels).
+                 pad_value: tuple[int, int, int] = (255, 255, 255), roll_deg: float = 0.0) -> np.ndarray:
+    """The square ``box`` of the upright source resampled to ``size`` x ``size`` (uint8, 3 or 4 channels),
+    turned about its centre by ``roll_deg`` (:func:`eye_roll_deg`) so that a tilted head comes out upright,
+    as FFHQ's alignment levels the eyes: the network and the templates only know upright heads.
 
     Only the part of the box inside the image is decoded (at the resolution the output needs); the rest is
     padded, ``edge`` (repeat the border pixels: the body and backdrop continue naturally, which the person
@@ -104,6 +117,17 @@ def extract_crop(source: SourceImage, box: Box, size: int, pad_mode: str = "edge
     """
     if pad_mode not in ("edge", "constant"):
         raise ValueError(f"pad_mode must be 'edge' or 'constant', got {pad_mode!r}")
+    if abs(roll_deg) >= ROLL_MIN_DEG:
+        # The upright square that holds the turned one, turned, then its centre cut out.
+        turn = math.radians(roll_deg)
+        grow = abs(math.cos(turn)) + abs(math.sin(turn))
+        big = math.ceil(size * grow / 2) * 2 + 2
+        side = (box[2] - box[0]) * big / size
+        centre = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
+        pixels = extract_crop(source, square_box(centre, side), big, pad_mode, pad_value)
+        off = (big - size) / 2
+        im = Image.fromarray(pixels).rotate(roll_deg, resample=Image.Resampling.BICUBIC)
+        return np.asarray(im.crop((off, off, off + size, off + size)))
     pixels, (cx0, cy0, cx1, cy1) = source.region(box, size)
     k = pixels.shape[1] / (cx1 - cx0)  # region pixels per source pixel (< 1 for JPEG draft decodes)
     pad_l = max(0, math.ceil((cx0 - box[0]) * k))

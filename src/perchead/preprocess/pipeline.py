@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -13,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from ..geometry import Cameras, input_camera
-from .crop import Box, centred_square, extract_crop, head_geometry, outside_fraction, square_box
+from .crop import Box, centred_square, extract_crop, eye_roll_deg, head_geometry, outside_fraction, square_box
 from .detect import DEFAULT_DETECTORS, detect_faces, detect_faces_tiled, refine_keypoints
 from .io import DEFAULT_MAX_DECODE_PIXELS, DEFAULT_MAX_PIXELS, ImageInput, SourceImage, open_image
 from .matting import composite, person_mask, refine_mask
@@ -39,6 +40,10 @@ class PreprocessConfig:
     """MediaPipe detection threshold"""
     refine_landmarks: bool = True
     """re-measure eyes and mouth with MediaPipe Face Mesh on full-resolution pixels"""
+    level_eyes: bool = True
+    """turn the crop about the eye midpoint so that the eyes are level (FFHQ's alignment): the network, the
+    pose estimate and the fit only know upright heads, and a tilted one came out as a second, upright head
+    painted with a tilted face"""
     allow_no_face: bool = False
     """when no face is found, crop the centred square of the whole image instead of failing"""
     matting: Literal["selfie", "alpha", "none"] = "selfie"
@@ -91,6 +96,8 @@ class Preprocessed:
     source: str
     original_size: tuple[int, int]
     warnings: list[str] = field(default_factory=list)
+    roll_deg: float = 0.0
+    """the crop is ``crop_box`` turned by this about its centre (counter-clockwise as seen; the eyes' tilt)"""
 
     def metadata(self) -> dict:
         """Everything but the pixels, JSON-serialisable."""
@@ -98,7 +105,7 @@ class Preprocessed:
         return {
             "source": self.source, "original_size": list(self.original_size),
             "size": int(self.image.shape[0]), "crop_box": box(self.crop_box), "face_box": box(self.face_box),
-            "head_box": box(self.head_box), "detector": self.detector,
+            "head_box": box(self.head_box), "roll_deg": round(float(self.roll_deg), 3), "detector": self.detector,
             "num_faces": self.num_faces, "warnings": list(self.warnings),
             "K": self.camera.Ks[0].tolist(), "viewmat": self.camera.viewmats[0].tolist(),
         }
@@ -174,6 +181,7 @@ def preprocess_image(source: ImageInput, config: PreprocessConfig | None = None,
         detector = "mediapipe-full-tiled" if faces else None
 
     face_box = head_box = None
+    roll = 0.0
     if not faces:
         if not cfg.allow_no_face:
             raise NoFaceError(
@@ -194,6 +202,8 @@ def preprocess_image(source: ImageInput, config: PreprocessConfig | None = None,
             if refined is not None:
                 keypoints = refined
         head = head_geometry(*keypoints)
+        if cfg.level_eyes:
+            roll = eye_roll_deg(keypoints[0], keypoints[1])
         face_box = tuple(float(v) for v in face.box)
         head_box = head.box
         crop_box = square_box(head.centre, cfg.crop_scale * head.height)
@@ -204,7 +214,7 @@ def preprocess_image(source: ImageInput, config: PreprocessConfig | None = None,
             warn(f"the head is small ({head.height:.0f} px tall): the {cfg.size} px crop is upsampled "
                  f"{cfg.size / (cfg.crop_scale * head.height):.1f}x and will look soft")
 
-    crop = extract_crop(src, crop_box, cfg.size, cfg.pad_mode, cfg.background)
+    crop = extract_crop(src, crop_box, cfg.size, cfg.pad_mode, cfg.background, roll)
     rgb = crop[..., :3]
     alpha_in = crop[..., 3].astype(np.float32) / 255.0 if crop.shape[2] == 4 else None
 
@@ -212,6 +222,12 @@ def preprocess_image(source: ImageInput, config: PreprocessConfig | None = None,
     k = cfg.size / (crop_box[2] - crop_box[0])
     face_in_crop = None if face_box is None else tuple(
         (v - crop_box[i % 2]) * k for i, v in enumerate(face_box))
+    if face_in_crop is not None and roll:
+        # The box's centre turned with the crop (its size kept: a tilted face's upright box is about as big).
+        c, t = math.cos(math.radians(roll)), math.sin(math.radians(roll))
+        x, y = (face_in_crop[0] + face_in_crop[2] - cfg.size) / 2, (face_in_crop[1] + face_in_crop[3] - cfg.size) / 2
+        moved = (x * c + y * t - x, -x * t + y * c - y)
+        face_in_crop = tuple(v + moved[i % 2] for i, v in enumerate(face_in_crop))
 
     use_alpha = cfg.use_alpha if has_alpha else "ignore"
     if cfg.matting == "alpha" and not has_alpha:
@@ -236,7 +252,7 @@ def preprocess_image(source: ImageInput, config: PreprocessConfig | None = None,
         image=composite(rgb, mask, cfg.background), crop=np.ascontiguousarray(rgb), mask=mask,
         camera=input_camera(cfg.size), crop_box=tuple(float(v) for v in crop_box), face_box=face_box,
         head_box=head_box, detector=detector or "whole-image", num_faces=len(faces), source=src.name,
-        original_size=src.size, warnings=notes,
+        original_size=src.size, warnings=notes, roll_deg=roll,
     )
 
 

@@ -66,13 +66,11 @@ def test_perchead_edit_demo_writes_the_notice(tmp_path, monkeypatch):
     assert info["checkpoint"] == "demo" and "not a real CLIP" in info["notice"]
 
 
-def test_demo_edit_text_styles_follow_the_hair_colour_named(monkeypatch):
-    # The demo's CLIP stand-in was trained on the synthetic heads' captions and the network on its image
-    # embeddings: a prompt's text embedding must reach the network as the images it describes would.
+def _text_hair_rgb() -> dict[str, torch.Tensor]:
+    """Mean RGB of the hair Gaussians of the demo's head for three typed styles, on one map."""
     from perchead.edit.fidelity import gaussian_labels
     from perchead.edit.pipeline import map_camera
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     net = load_edit_network("demo").eval()
     s = net.config.image_size
     seg = torch.from_numpy(head_map(s).astype(np.int64))
@@ -81,12 +79,28 @@ def test_demo_edit_text_styles_follow_the_hair_colour_named(monkeypatch):
                                                                                   "blonde hair")}
     vm, K = map_camera(s)
     hair = gaussian_labels(heads["black hair"], seg, vm, K)[:, SEG["hair"]] > 0.5
-    rgb = {p: g.rgb[hair].mean(0) for p, g in heads.items()}
-    red, black, blonde = rgb["red hair"], rgb["black hair"], rgb["blonde hair"]
-    # measured on this map (mean RGB of the hair Gaussians): red - green 0.139 for "red hair" vs 0.044 for
-    # "black hair"; mean 0.337 for "blonde hair" vs 0.078 for "black hair". Bounds: under half the gaps.
+    return {p: g.rgb[hair].mean(0) for p, g in heads.items()}
+
+
+def test_demo_edit_text_styles_follow_the_lightness_named(monkeypatch):
+    # The demo's CLIP stand-in was trained on the synthetic heads' captions and the network on its image
+    # embeddings: a prompt's text embedding must reach the network as the images it describes would.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rgb = _text_hair_rgb()
+    # measured on this map (mean RGB of the hair Gaussians): 0.493 for "blonde hair" vs 0.230 for "black hair";
+    # the bound is under half the gap.
+    assert rgb["blonde hair"].mean() > rgb["black hair"].mean() + 0.12
+
+
+@pytest.mark.xfail(strict=True, reason="issue 31: the editing demo retrained on the asymmetric heads renders 'red "
+                   "hair' as dark brown (red - green 0.098 against 0.094 for 'black hair'; the demo before it: 0.139 "
+                   "vs 0.044): it follows the lightness a style names, not the hue, even given the image embeddings "
+                   "of red-haired training heads")
+def test_demo_edit_text_styles_follow_the_hue_named(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rgb = _text_hair_rgb()
+    red, black = rgb["red hair"], rgb["black hair"]
     assert red[0] - red[1] > black[0] - black[1] + 0.045
-    assert blonde.mean() > black.mean() + 0.12
 
 
 def test_perchead_edit_demo_refuses_unknown_words(tmp_path, monkeypatch, capsys):

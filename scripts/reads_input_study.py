@@ -1,7 +1,7 @@
 """Does a checkpoint read its input? The colour and yaw tables of :mod:`perchead.eval.reads_input`, plus
 diagnostics of the template decoder (issue 27).
 
-    python scripts/reads_input_study.py --data HELDOUT model=CKPT [lifting=CKPT ...] [--json out.json]
+    python scripts/reads_input_study.py --data HELDOUT model=CKPT [lifting=CKPT ...] [--json out.json] [--figure a.png]
 
 HELDOUT: a `perchead synth` dataset (studio subjects) of a seed no checkpoint was trained on; CKPT: a
 checkpoint folder or "demo". The first checkpoint is the one diagnosed (when it has a template decoder):
@@ -93,6 +93,9 @@ def main() -> None:
     ap.add_argument("--max-subjects", type=int, default=None)
     ap.add_argument("--no-diagnose", action="store_true")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--figure", type=Path, default=None, help="the back-hair swatches of every subject and method")
+    ap.add_argument("--views", choices=("all", "colour"), default="all",
+                    help="colour: only the back and the profiles are rendered (the yaw table holds those alone)")
     args = ap.parse_args()
     models = {}
     for spec in args.models:
@@ -101,7 +104,11 @@ def main() -> None:
             sys.exit(f"model {spec!r}: write name=checkpoint")
         models[name] = load_model(path)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    result = measure(models, args.data, args.split, max_subjects=args.max_subjects)
+    result = measure(models, args.data, args.split, max_subjects=args.max_subjects, views=args.views)
+    if args.figure is not None:
+        from perchead.eval.reads_input import swatch_figure
+
+        swatch_figure(result, args.figure)
     print(format_tables(result))
     first = next(iter(models.values()))
     report = {"colour": result.colour_summary, "yaw": result.yaw_summary}

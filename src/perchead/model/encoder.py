@@ -179,7 +179,7 @@ class PatchViT(nn.Module):
 
     def forward(self, pixels: Tensor, patch_index: Tensor, valid: Tensor) -> Tensor:
         x = self.patch_embed(pixels).flatten(2).transpose(1, 2) + self.pos_embed  # [B, P, C]
-        x = torch.gather(x, 1, patch_index[..., None].expand(-1, -1, x.shape[-1]))
+        x = _kept(x, patch_index)
         for block in self.blocks:
             x = block(x, key_mask=valid)
         return self.norm(x)
@@ -246,15 +246,15 @@ class ImageEncoder(nn.Module):
         pixels, fg = self.prepare(image, mask)
         index, valid = self.select_foreground(fg)
         feats = [self.vit(pixels, index, valid)]
-        lo, hi = self.cfg.patch_padding
-        rgb = pixels * self.std + self.mean
-        m = F.pad(mask if mask.ndim == 4 else mask.unsqueeze(1), (lo, hi, lo, hi)).to(pixels.dtype)
         if self.dino is not None:
-            d = self.dino(pixels)
-            feats.append(torch.gather(d, 1, index[..., None].expand(-1, -1, d.shape[-1])))
+            feats.append(_kept(self.dino(pixels), index))
+        if self.stats is not None or self.cfg.colour_read:
+            # The composited colours and the mask, padded like the pixels: what the colour features read.
+            lo, hi = self.cfg.patch_padding
+            rgb = pixels * self.std + self.mean
+            m = F.pad(mask if mask.ndim == 4 else mask.unsqueeze(1), (lo, hi, lo, hi)).to(pixels.dtype)
         if self.stats is not None:
-            st = self.stats(rgb, m)
-            feats.append(torch.gather(st, 1, index[..., None].expand(-1, -1, st.shape[-1])))
+            feats.append(_kept(self.stats(rgb, m), index))
         feats = torch.cat(feats, dim=-1)
         tokens = self.fuse(feats) * valid[..., None]
         glob = None
@@ -263,6 +263,11 @@ class ImageEncoder(nn.Module):
             glob = self.fuse((feats * w).sum(1, keepdim=True) / w.sum(1, keepdim=True))
         colours = None
         if self.cfg.colour_read:
-            c = PatchStatsBranch.weighted_mean(rgb, m, self.cfg.patch_grid).flatten(2).transpose(1, 2)
-            colours = torch.gather(c, 1, index[..., None].expand(-1, -1, 3))
+            colours = _kept(PatchStatsBranch.weighted_mean(rgb, m, self.cfg.patch_grid).flatten(2).transpose(1, 2),
+                            index)
         return ImageTokens(tokens, valid, index, glob, colours)
+
+
+def _kept(per_patch: Tensor, index: Tensor) -> Tensor:
+    """[B, P, C] features of every patch (row-major) -> [B, M, C] those of the kept patches ``index``."""
+    return torch.gather(per_patch, 1, index[..., None].expand(-1, -1, per_patch.shape[-1]))

@@ -101,7 +101,8 @@ def eye_roll_deg(right_eye: np.ndarray, left_eye: np.ndarray) -> float:
 
 
 ROLL_MIN_DEG = 0.5
-"""tilts below this are not undone (a resampling for less than 2 px at the crop's corners)"""
+"""tilts below this are not undone by the preprocessing (a resampling for less than 2 px at the crop's
+corners)"""
 
 
 def extract_crop(source: SourceImage, box: Box, size: int, pad_mode: str = "edge",
@@ -117,7 +118,7 @@ def extract_crop(source: SourceImage, box: Box, size: int, pad_mode: str = "edge
     """
     if pad_mode not in ("edge", "constant"):
         raise ValueError(f"pad_mode must be 'edge' or 'constant', got {pad_mode!r}")
-    if abs(roll_deg) >= ROLL_MIN_DEG:
+    if roll_deg:
         # The upright square that holds the turned one, turned, then its centre cut out.
         turn = math.radians(roll_deg)
         grow = abs(math.cos(turn)) + abs(math.sin(turn))

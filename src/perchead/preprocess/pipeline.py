@@ -14,7 +14,16 @@ import numpy as np
 from PIL import Image
 
 from ..geometry import Cameras, input_camera
-from .crop import Box, centred_square, extract_crop, eye_roll_deg, head_geometry, outside_fraction, square_box
+from .crop import (
+    ROLL_MIN_DEG,
+    Box,
+    centred_square,
+    extract_crop,
+    eye_roll_deg,
+    head_geometry,
+    outside_fraction,
+    square_box,
+)
 from .detect import DEFAULT_DETECTORS, detect_faces, detect_faces_tiled, refine_keypoints
 from .io import DEFAULT_MAX_DECODE_PIXELS, DEFAULT_MAX_PIXELS, ImageInput, SourceImage, open_image
 from .matting import composite, person_mask, refine_mask
@@ -204,6 +213,7 @@ def preprocess_image(source: ImageInput, config: PreprocessConfig | None = None,
         head = head_geometry(*keypoints)
         if cfg.level_eyes:
             roll = eye_roll_deg(keypoints[0], keypoints[1])
+            roll = roll if abs(roll) >= ROLL_MIN_DEG else 0.0  # so roll_deg says what the crop did
         face_box = tuple(float(v) for v in face.box)
         head_box = head.box
         crop_box = square_box(head.centre, cfg.crop_scale * head.height)

@@ -87,20 +87,22 @@ def test_demo_edit_text_styles_follow_the_lightness_named(monkeypatch):
     # embeddings: a prompt's text embedding must reach the network as the images it describes would.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     rgb = _text_hair_rgb()
-    # measured on this map (mean RGB of the hair Gaussians): 0.493 for "blonde hair" vs 0.230 for "black hair";
-    # the bound is under half the gap.
+    # measured on this map (mean RGB of the hair Gaussians): 0.534 for "blonde hair" vs 0.159 for "black hair";
+    # the bound is a third of the gap.
     assert rgb["blonde hair"].mean() > rgb["black hair"].mean() + 0.12
 
 
-@pytest.mark.xfail(strict=True, reason="issue 31: the editing demo retrained on the asymmetric heads renders 'red "
-                   "hair' as dark brown (red - green 0.098 against 0.094 for 'black hair'; the demo before it: 0.139 "
-                   "vs 0.044): it follows the lightness a style names, not the hue, even given the image embeddings "
-                   "of red-haired training heads")
+@pytest.mark.xfail(strict=True, reason="issue 31: the editing demo renders 'red hair' as dark brown: the a* of "
+                   "its hair is 3.4 above 'black hair' (issue 31's bound: 10; measured on the demo retrained on top "
+                   "of the shoulders demo; the one before it: 0.1 in measure_text_edits.py's render): it follows the "
+                   "lightness a style names, not the hue, even given the image embeddings of red-haired heads")
 def test_demo_edit_text_styles_follow_the_hue_named(monkeypatch):
+    from perchead.inference.reconstruct import srgb_to_lab
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     rgb = _text_hair_rgb()
-    red, black = rgb["red hair"], rgb["black hair"]
-    assert red[0] - red[1] > black[0] - black[1] + 0.045
+    red, black = (srgb_to_lab(rgb[p].double().numpy()) for p in ("red hair", "black hair"))
+    assert red[1] > black[1] + 10.0  # issue 31: "red hair" redder than "black hair" by 10 a*
 
 
 def test_perchead_edit_demo_refuses_unknown_words(tmp_path, monkeypatch, capsys):

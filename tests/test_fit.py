@@ -82,9 +82,10 @@ def test_children_keep_each_parents_mean_and_covariance(prediction):
 
 
 def test_densified_head_renders_like_its_parents(prediction):
-    """Measured 27.8-28.8 dB at 256 px on the demo's head of the example photo and 30.1-32.8 dB here at 128 px
-    (the children of neighbouring parents interleave in depth, so it cannot be exact); the bound, 26 dB, leaves
-    4 dB; mean |alpha difference| measured 0.008, bound 0.02."""
+    """Measured 27.8-28.8 dB at 256 px on the demo's head of the example photo and 27.0-30.4 dB here at 128 px
+    (the children of neighbouring parents interleave in depth, so it cannot be exact; the demo of issue 27's
+    shoulders, the lowest at the profile); the bound, 24 dB, leaves 3 dB; mean |alpha difference| measured
+    0.010, bound 0.02."""
     g = prediction[0]
     dense, _ = densify(g, 65536)
     vm = orbit_viewmats([0.0, 90.0, 180.0], [0.0] * 3, HEAD_CAMERA_RADIUS)
@@ -92,7 +93,7 @@ def test_densified_head_renders_like_its_parents(prediction):
     with torch.no_grad():
         a, b = rasterize(g, vm, K, 128, 128), rasterize(dense, vm, K, 128, 128)
     for i in range(3):
-        assert float(psnr(b.rgb[i].permute(2, 0, 1), a.rgb[i].permute(2, 0, 1))) > 26.0, i
+        assert float(psnr(b.rgb[i].permute(2, 0, 1), a.rgb[i].permute(2, 0, 1))) > 24.0, i
     assert float((b.alpha - a.alpha).abs().mean()) < 0.02
 
 
@@ -132,7 +133,7 @@ def test_unseen_gaussians_take_their_regions_colour_from_the_photo(demo, predict
     painted, seen = project_appearance(dense, colour, weight, 0.5, regions)
     back = (seen < 0.05) & (regions == 1) & (dense.means[:, 2] < -0.03)  # scalp Gaussians behind the head
     assert int(back.sum()) > 500
-    # Measured: the back's mean colour 0.016 from the photo's (bound 0.1), the network's own 0.43 away (its dark
+    # Measured: the back's mean colour 0.021 from the photo's (bound 0.1), the network's own 0.49 away (its dark
     # hair; bound 0.2).
     assert float((painted.rgb[back].mean(0) - blond).abs().max()) < 0.1
     assert float((dense.rgb[back].mean(0) - blond).abs().max()) > 0.2
@@ -163,9 +164,9 @@ def test_a_few_steps_lower_the_input_view_loss_within_the_bounds(demo, predictio
     cfg = FitConfig(steps=8, size=64, num_gaussians=16384)
     result = fit_to_photo(g, image, mask, cfg, pose=Pose(0.0, 0.0), **inputs)
     assert len(result.gaussians) == 16384 and len(result.losses) == 9
-    assert result.geometry_fitted and not result.warnings and result.silhouette_iou > 0.8  # measured 0.94
+    assert result.geometry_fitted and not result.warnings and result.silhouette_iou > 0.8  # measured 0.95
     before, after = result.input_l1
-    # Measured: L1 0.027 -> 0.011 (ratio 0.41; the bound 0.85).
+    # Measured: L1 0.018 -> 0.0045 (ratio 0.25; the bound 0.85).
     assert after < 0.85 * before
     assert result.losses[-1] < result.losses[0]
     # Positions stay within the position head's anchored range; outside the neck (free to reach the shoulders)
@@ -197,7 +198,7 @@ def test_fit_keeps_the_unseen_side_of_the_head(demo, prediction):
     with torch.no_grad():
         a = rasterize(start, back, K, 64, 64).alpha
         b = rasterize(result.gaussians, back, K, 64, 64).alpha
-    # Measured mean |alpha difference| 0.014 (back) and 0.008 (profile): bound 0.04.
+    # Measured mean |alpha difference| 0.016 (back) and 0.006 (profile): bound 0.04.
     assert float((a - b).abs().mean()) < 0.04
 
 

@@ -136,3 +136,21 @@ def test_colour_read_starts_at_the_input_colours_and_copies_them_after_training(
     # truths' 1.20 (the same network without colour_read: 0.27); the bound is 60% of it and still 2x the
     # network without it.
     assert gap > 0.58, (gap, truth_gap, colours)
+
+
+def test_colour_read_weights_say_where_each_gaussian_reads():
+    torch.manual_seed(0)
+    model = PercHead(tiny_model_config(colour_read=True)).eval()
+    image, mask = torch.rand(1, 3, 56, 56), torch.zeros(1, 1, 56, 56)
+    mask[..., 8:48, 12:44] = 1
+    seen = {}
+    model.heads.colour_read.register_forward_hook(lambda mod, args, out: seen.update(args=args, read=out))
+    with torch.no_grad():
+        model(image, mask)
+        latents, tokens = seen["args"]
+        w = model.heads.colour_read.weights(latents, tokens)
+    assert w.shape == (1, latents.shape[1], tokens.tokens.shape[1])
+    # A distribution over the foreground tokens, and the colour it implies is the one the forward read.
+    assert torch.allclose(w.sum(-1), torch.ones(1, latents.shape[1]), atol=1e-5)
+    assert float(w[~tokens.valid[:, None, :].expand_as(w)].abs().sum()) == 0.0
+    assert torch.allclose(w @ tokens.colours, seen["read"], atol=1e-5)

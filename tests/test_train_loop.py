@@ -115,6 +115,30 @@ def test_collate_pads_single_view_subjects_and_scales_cameras(toy_data):
     assert torch.equal(ds[7]["images"], PositionDataset(str(toy_data), "train", DataConfig(), seed=0)[7]["images"])
 
 
+def test_input_shoulders_change_the_input_only_behind_the_head(toy_data):
+    cfg = tiny_model_config()
+    plain = PositionDataset(str(toy_data), "train", DataConfig(), seed=0)
+    aug = PositionDataset(str(toy_data), "train", DataConfig(input_shoulders=1.0), seed=0)
+    s, a = plain[3], aug[3]
+    assert "input_image" not in s and torch.equal(a["images"], s["images"])  # the targets keep no shoulders
+    image, mask, new_image, new_mask = s["images"][0], s["masks"][0], a["input_image"][0], a["input_mask"][0]
+    # Added behind: the foreground is unchanged, the mask only grows, and it grows at the bottom corners
+    # (the lowest quarter of the frame), never above the shoulder line's highest start (0.74 of the height).
+    fg = mask[0] > 0.999
+    assert torch.allclose(new_image[:, fg], image[:, fg], atol=1e-6)
+    grown = new_mask[0] - mask[0]
+    assert grown.min() >= -1e-6 and grown.max() > 0.99
+    rows = torch.nonzero(grown.amax(1) > 0.01).flatten()
+    assert rows.min() >= int(0.74 * image.shape[-1]) - 1
+    assert grown[-1, 0] > 0.99 and grown[-1, -1] > 0.99
+    # Drawn from (seed, position): a resumed run sees the same input; another position, another colour.
+    assert torch.equal(aug[3]["input_image"][0], new_image)
+    other = aug[4]["input_image"][0][:, -1, 0]
+    assert not torch.allclose(other, new_image[:, -1, 0])
+    b = collate([a], cfg.image_size, 32)
+    assert b.input_mask[0, 0, -1, 0] > 0.9 and b.target_masks[0, 0, 0, -1, 0] < 0.5
+
+
 def test_nan_steps_are_skipped_and_counted(toy_data, tmp_path):
     flaky = ScriptedLoss(lambda n: n in (2, 4))
     cfg = _config(tmp_path / "run", toy_data, steps=5)

@@ -405,15 +405,7 @@ class Reconstructor:
                                                                                        Image.Resampling.BILINEAR)))
         view = torch.from_numpy(rec.input_view).permute(2, 0, 1).float() / 255
         out: dict = {"input_view_masked_psnr_db": round(float(psnr(view, matted, mask[None].float())), 3)}
-        s = LIKENESS_CHECK_SIZE
-        back_vm = turned_viewmats(rec.pose.viewmat, (180.0,))
-        with torch.inference_mode():
-            back = rasterize(rec.gaussians.to(self.render_device), back_vm.to(self.render_device),
-                             camera_K(s)[None].to(self.render_device), s, s, backend=self.config.backend)
-        delta_e = back_colour_difference(
-            back.rgb[0].float().cpu().numpy(), back.alpha[0, ..., 0].float().cpu().numpy(),
-            resize_square(rec.preprocessed.crop, s) / 255.0,
-            np.asarray(Image.fromarray(rec.preprocessed.mask).resize((s, s), Image.Resampling.BILINEAR)))
+        delta_e = self.back_delta_e(rec.gaussians, rec.pose, rec.preprocessed)
         out["back_delta_e"] = None if math.isnan(delta_e) else round(delta_e, 2)
         metric = DlibFaceEncoder()
         photo = metric.embed(np.ascontiguousarray(rec.preprocessed.crop))
@@ -428,6 +420,21 @@ class Reconstructor:
             e = metric.embed(np.ascontiguousarray(image))
             out[name] = None if e is None else round(metric.distance(photo, e), 4)
         return out
+
+    def back_delta_e(self, gaussians: Gaussians, pose: Pose, pre: Preprocessed) -> float:
+        """:func:`back_colour_difference` of the head seen from behind (the input camera turned 180 degrees)
+        against the top of the photo's head; NaN when either is empty."""
+        from .fit import turned_viewmats
+
+        s = LIKENESS_CHECK_SIZE
+        back_vm = turned_viewmats(pose.viewmat, (180.0,))
+        with torch.inference_mode():
+            back = rasterize(gaussians.to(self.render_device), back_vm.to(self.render_device),
+                             camera_K(s)[None].to(self.render_device), s, s, backend=self.config.backend)
+        return back_colour_difference(
+            back.rgb[0].float().cpu().numpy(), back.alpha[0, ..., 0].float().cpu().numpy(),
+            resize_square(pre.crop, s) / 255.0,
+            np.asarray(Image.fromarray(pre.mask).resize((s, s), Image.Resampling.BILINEAR)))
 
     def write(self, rec: Reconstruction, out_dir: str | os.PathLike) -> list[Path]:
         """Write every file of ``rec`` into ``out_dir``: all of them, or (on any error) none."""

@@ -78,14 +78,25 @@ class ColourRead(nn.Module):
         if image.colours is None:
             raise ValueError("colour_read needs the image tokens' patch colours: encode with a colour_read "
                              "config (ImageEncoder fills ImageTokens.colours)")
+        q, k = self._queries_keys(latents, image)
+        v = image.colours[:, None].expand(-1, self.heads, -1, 3)
+        read = F.scaled_dot_product_attention(q, k, v, attn_mask=image.valid[:, None, None, :])  # [B, H, N, 3]
+        return torch.einsum("bhnc,bnh->bnc", read, self.mix(latents).softmax(-1))
+
+    def weights(self, latents: Tensor, image: ImageTokens) -> Tensor:
+        """[B, N, M]: the share of each Gaussian's read colour that comes from each 2D token (the heads'
+        attention mixed by the Gaussian's head weights); for diagnostics: where a Gaussian looks."""
+        q, k = self._queries_keys(latents, image)
+        logits = (q @ k.transpose(-1, -2)) / self.dim**0.5
+        attn = logits.masked_fill(~image.valid[:, None, None, :], float("-inf")).softmax(-1)  # [B, H, N, M]
+        return torch.einsum("bhnm,bnh->bnm", attn, self.mix(latents).softmax(-1))
+
+    def _queries_keys(self, latents: Tensor, image: ImageTokens) -> tuple[Tensor, Tensor]:
         b, n, _ = latents.shape
         m, h, d = image.tokens.shape[1], self.heads, self.dim
         q = self.q(latents).view(b, n, h, d).transpose(1, 2)
         k = self.k(image.tokens).view(b, m, h, d).transpose(1, 2)
-        v = image.colours[:, None].expand(b, h, m, 3)
-        read = F.scaled_dot_product_attention(q, k, v, attn_mask=image.valid[:, None, None, :])  # [B, H, N, 3]
-        weights = self.mix(latents).softmax(-1)  # [B, N, H]
-        return torch.einsum("bhnc,bnh->bnc", read, weights)
+        return q, k
 
 
 class GaussianHeads(nn.Module):

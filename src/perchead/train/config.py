@@ -53,6 +53,10 @@ class DataConfig:
     """side of the rendered and target images; None = the model's input size"""
     num_workers: int = 0
     """DataLoader worker processes per training process"""
+    input_shoulders: float = 0.0
+    """share of samples whose *input* view gets shoulders in a random clothing colour, painted behind the head
+    (the targets keep none): real crops show a torso that synthetic heads lack, and a network that never saw
+    one reads hair colour beside the neck, so a dark suit becomes dark hair at the back (issue 27)"""
 
 
 @dataclass
@@ -178,6 +182,8 @@ class TrainConfig:
             problems.append("nothing to supervise: data.target_views is 0 and data.supervise_input_view off")
         if not 0.0 <= self.data.studio_fraction <= 1.0:
             problems.append(f"data.studio_fraction must be in [0, 1], got {self.data.studio_fraction}")
+        if not 0.0 <= self.data.input_shoulders <= 1.0:
+            problems.append(f"data.input_shoulders must be in [0, 1], got {self.data.input_shoulders}")
         if not self.optim.encoder_lr_scale > 0:
             problems.append("optim: encoder_lr_scale must be > 0")
         if self.optim.lr <= 0 or self.optim.warmup_steps < 0 or not 0.0 <= self.optim.min_lr_ratio <= 1.0:

@@ -51,6 +51,7 @@ class PositionDataset(torch.utils.data.Dataset):
                                     drop_faceless_inputs=cfg.drop_faceless_inputs, image_size=None,
                                     background=1.0, seed=seed, load_segmentation=segmentation)
         self.sampler = HeadViewsDataset(dataset, sampler_cfg)
+        self.seed, self.input_shoulders = seed, cfg.input_shoulders
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -59,7 +60,44 @@ class PositionDataset(torch.utils.data.Dataset):
         epoch, index = divmod(int(position), len(self.sampler))
         # Each DataLoader worker owns its copy of the sampler, so setting the epoch per item is safe.
         self.sampler.set_epoch(epoch)
-        return self.sampler[index]
+        sample = self.sampler[index]
+        if self.input_shoulders > 0.0:
+            # Its own generator per (seed, position): the same sample after a resume, with any worker count.
+            rng = torch.Generator().manual_seed((self.seed * 1_000_003 + int(position)) * 2 + 1)
+            if torch.rand((), generator=rng) < self.input_shoulders:
+                image, mask = paint_shoulders(sample["images"][0], sample["masks"][0], rng)
+                sample["input_image"], sample["input_mask"] = image[None], mask[None]
+        return sample
+
+
+def paint_shoulders(image: Tensor, mask: Tensor, rng: torch.Generator,
+                    background: float = 1.0) -> tuple[Tensor, Tensor]:
+    """[3, H, W] image on ``background`` and [1, H, W] mask -> both with shoulders added *behind* what is
+    there: a torso in one random clothing colour (lit from above, darker towards the bottom) whose top edge
+    leaves the neck at a random height in the lowest quarter of the frame and falls away to both sides, as in a
+    head-and-shoulders portrait. The shoulders are centred on the neck (the foreground's lowest rows); hair
+    that hangs over them stays in front."""
+    _, h, w = image.shape
+    def uniform(lo: float, hi: float) -> float:
+        return lo + (hi - lo) * float(torch.rand((), generator=rng))
+
+    low = mask[0, int(0.9 * h):] > 0.5
+    cols = torch.nonzero(low.any(0)).flatten()
+    cx = cols.float().mean().item() / w if len(cols) else 0.5
+    neck = (cols.max() - cols.min() + 1).item() / w / 2 if len(cols) else 0.08
+    top, drop, spread = uniform(0.74, 0.92), uniform(0.03, 0.15), uniform(0.1, 0.3)
+    ys = (torch.arange(h, dtype=torch.float32)[:, None] + 0.5) / h
+    xs = (torch.arange(w, dtype=torch.float32)[None, :] + 0.5) / w
+    out = ((xs - cx).abs() - neck).clamp_min(0.0) / spread  # 0 beside the neck, 1 at the shoulder's edge
+    edge = top + drop * out.clamp(max=1.0) ** 2  # the shoulder line: flat by the neck, falling outwards
+    shoulders = ((ys - edge) * h).clamp(0.0, 1.0)  # one pixel of antialiasing
+    cloth = torch.rand(3, generator=rng) * uniform(0.2, 1.0)
+    shade = 1.0 - 0.35 * ((ys - top) / (1.0 - top + 1e-6)).clamp(0.0, 1.0)
+    painted = (cloth[:, None, None] * shade).clamp(0.0, 1.0)
+    behind = shoulders * (1.0 - mask)
+    fg = image * mask + painted * behind  # what the foreground shows, premultiplied by its alpha
+    new_mask = mask + behind
+    return fg + background * (1.0 - new_mask), new_mask
 
 
 def _resize(x: Tensor, size: int) -> Tensor:
@@ -92,8 +130,9 @@ def collate(samples: list[dict], image_size: int, render_size: int, supervise_in
         if images.shape[-1] != images.shape[-2]:
             raise ValueError(f"subject {s.get('subject')}: training needs square views, got "
                              f"{tuple(images.shape[-2:])}")
-        inputs.append(_resize(images[:1], image_size)[0].clamp(0, 1))
-        in_masks.append(_resize(masks[:1], image_size)[0].clamp(0, 1))
+        # The input may differ from view 0 as a target (PositionDataset's input_shoulders).
+        inputs.append(_resize(s.get("input_image", images[:1]).float(), image_size)[0].clamp(0, 1))
+        in_masks.append(_resize(s.get("input_mask", masks[:1]).float(), image_size)[0].clamp(0, 1))
         # A single-view sample without input supervision still renders one (masked-out) view.
         sel = slice(first, None) if len(images) > first else slice(0, 1)
         scale = render_size / images.shape[-1]
@@ -127,4 +166,4 @@ def collate(samples: list[dict], image_size: int, render_size: int, supervise_in
                  torch.stack(viewmats), torch.stack(Ks), torch.stack(valid), seg, target_seg)
 
 
-__all__ = ["Batch", "PositionDataset", "collate"]
+__all__ = ["Batch", "PositionDataset", "collate", "paint_shoulders"]

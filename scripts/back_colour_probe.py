@@ -39,20 +39,21 @@ def clothes_region(mask: torch.Tensor) -> torch.Tensor:
     return (mask[0, 0] > 0.5) & (ys > CLOTHES_ROWS) & ((xs - 0.5).abs() > NECK_HALF_WIDTH)
 
 
-def back_attention(rec: Reconstructor, image: torch.Tensor, mask: torch.Tensor) -> np.ndarray | None:
-    """[S, S] map in [0, 1]: how much of the back Gaussians' read colour comes from each patch (None for a
-    model without the colour read)."""
-    read = rec.model.heads.colour_read if hasattr(rec.model, "heads") else None
-    if read is None:
-        return None
+def predict_with_reads(rec: Reconstructor, image: torch.Tensor, mask: torch.Tensor):
+    """The network's Gaussians for (image, mask), and an [S, S] map in [0, 1] of how much of the back
+    Gaussians' read colour comes from each patch (None for a model without the colour read), from one pass."""
+    read = getattr(getattr(rec.model, "heads", None), "colour_read", None)
     seen = {}
-    hook = read.register_forward_hook(lambda mod, args, out: seen.update(args=args))
+    hook = None if read is None else read.register_forward_hook(lambda mod, args, out: seen.update(args=args))
     try:
         with torch.no_grad():
             g = rec.model(image, mask)[0]
-            weights = read.weights(*seen["args"])[0]  # [N, M]
+            weights = None if read is None else read.weights(*seen["args"])[0]  # [N, M]
     finally:
-        hook.remove()
+        if hook is not None:
+            hook.remove()
+    if weights is None:
+        return g, None
     z = g.means[:, 2]  # the template faces +z
     back = z < z.min() + 0.25 * (z.max() - z.min())
     cfg = rec.model.config
@@ -62,7 +63,7 @@ def back_attention(rec: Reconstructor, image: torch.Tensor, mask: torch.Tensor) 
     up = grid.repeat_interleave(cfg.patch_size, 0).repeat_interleave(cfg.patch_size, 1)
     before, _ = cfg.patch_padding
     up = up[before:before + cfg.image_size, before:before + cfg.image_size]
-    return (up / up.max().clamp_min(1e-12)).numpy()
+    return g, (up / up.max().clamp_min(1e-12)).numpy()
 
 
 def back_view(rec: Reconstructor, gaussians, pose, size: int = TILE) -> np.ndarray:
@@ -86,27 +87,26 @@ def main() -> None:
         rec = Reconstructor(ReconstructConfig(checkpoint=ckpt, fit=FitConfig(steps=0), progress=False))
         for photo in args.photos:
             pre = rec.preprocess(photo)
-            pose, _ = rec.fit(rec.predict(pre), pre)
             image, mask = rec.network_inputs(pre)
+            g, heat = predict_with_reads(rec, image, mask)
+            pose, _ = rec.fit(g, pre)  # no fit steps: the estimated camera only
             clothes = clothes_region(mask)
             masked, red = mask.clone(), image.clone()
             masked[0, 0][clothes] = 0.0
             red[0, :, clothes] = torch.tensor([0.8, 0.15, 0.15])[:, None]
-            values = []
-            for img, msk in ((image, mask), (image, masked), (red, mask)):
+            heads = [g]
+            for img, msk in ((image, masked), (red, mask)):
                 with torch.no_grad():
-                    g = rec.model(img, msk)[0].to(rec.render_device, torch.float32)
-                values.append(rec.back_delta_e(g, pose, pre))
+                    heads.append(rec.model(img, msk)[0])
+            values = [rec.back_delta_e(h, pose, pre) for h in heads]
             print(f"| {name} | {photo.name} | " + " | ".join("n/a" if math.isnan(v) else f"{v:.1f}" for v in values)
                   + " |", flush=True)
             if args.figure is not None:
                 crop = np.asarray(Image.fromarray(np.asarray(pre.crop)).resize((TILE, TILE)), dtype=np.float32) / 255
-                heat = back_attention(rec, image, mask)
                 if heat is not None:
                     heat = np.asarray(Image.fromarray((heat * 255).astype(np.uint8)).resize((TILE, TILE)),
                                       dtype=np.float32)[..., None] / 255
                     crop = crop * (1 - 0.6 * heat) + 0.6 * heat * np.array([1.0, 0.85, 0.0])
-                g = rec.predict(pre)
                 rows.append(((crop * 255).round().astype(np.uint8), back_view(rec, g, pose), f"{name}: {photo.name}"))
     if args.figure is not None:
         write_figure(rows, args.figure)

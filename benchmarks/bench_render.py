@@ -12,8 +12,8 @@ included, which for the cpu backend reads the compiled kernels from numba's cach
                                       [--ply head.ply] [--profile] [--tile-size 16]
 
 ``--profile`` adds, per scene and size, the cpu backend's time per stage (best of ``--repeats`` each):
-projection (SH colours, depth and EWA projection, PyTorch), binning and depth sorting, forward compositing,
-backward compositing (numba), and the backward of the projection (PyTorch autograd).
+projection (SH colours and depth in PyTorch, the EWA projection in numba), binning and depth sorting, forward
+compositing, backward compositing (numba), and the backward of the projection (numba, through PyTorch autograd).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def profile_case(scene_name: str, size: int, repeats: int, radius: float, tile_s
 
     from perchead.geometry import camera_centers
     from perchead.render import cpu
-    from perchead.render.project import project
+    from perchead.render.project_cpu import project_cpu
 
     torch.set_num_threads(os.cpu_count() or 1)
     scene, cams = load_scene(scene_name, radius, size)
@@ -88,9 +88,9 @@ def profile_case(scene_name: str, size: int, repeats: int, radius: float, tile_s
         colors = scene.colors(camera_centers(vm) if scene.sh_degree > 0 else None)
         colors = colors if colors.ndim == 3 else colors[None]
         cam_z = scene.means @ vm[0, 2, :3] + vm[0, 2, 3]
-        features = torch.cat([colors[0], cam_z[:, None]], -1)
+        features = torch.cat([colors[0], cam_z[:, None]], -1)[None]
         opac = scene.opacities
-        proj = project(scene.means, scene.quats, scene.scales, vm[0], K[0], size, size)
+        proj = project_cpu(scene.means, scene.quats, scene.scales, vm, K, size, size)
         stamps.append(time.perf_counter())
         bins = cpu._TileBins(proj, opac, size, size, tile_size, np.float32)
         stamps.append(time.perf_counter())

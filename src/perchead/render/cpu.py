@@ -63,21 +63,26 @@ def _exp_neg(s, k):
     return e * e
 
 
-@njit(cache=True)
-def _bin_tiles(packed, extents, order, cam_starts, tile_size, tiles_x, tiles_y):
+@njit(parallel=True, cache=True)
+def _bin_tiles(packed, extents, order, order_cam, n_cams, tile_size, tiles_x, tiles_y, n_chunks):
     """Per-(camera, tile) lists of Gaussian rows in front-to-back order (CSR: offsets[t]..offsets[t+1]).
 
     ``order`` holds each camera's valid rows of ``packed`` (row = camera * N + Gaussian), depth-sorted, camera
-    after camera; ``cam_starts[c]`` is where camera c's part begins. Tile t of camera c is c * n_tiles + t. A
-    tile of a Gaussian's box is skipped when the ellipse misses it: the minimum of the quadratic form over the
-    tile (with the box's margin) is above the cut-off.
+    after camera; ``order_cam[k]`` is the camera of entry k. Tile t of camera c is c * n_tiles + t. Each row of
+    a Gaussian's box of tiles is cut to the columns its ellipse reaches (:func:`_row_reach`).
+
+    Parallel counting sort: ``order`` is cut into ``n_chunks`` contiguous runs, one per thread; each run makes
+    its (tile, row) pairs and counts them per tile, and every run scatters its pairs to where the runs before it
+    end in each tile's list, so each list stays in depth order.
     """
-    n_cams = cam_starts.shape[0] - 1
+    n = order.shape[0]
     n_tiles = tiles_x * tiles_y
-    rects = np.empty((order.shape[0], 4), np.int64)
-    n_cand = 0
-    for c in range(n_cams):
-        for k in range(cam_starts[c], cam_starts[c + 1]):
+    n_lists = n_cams * n_tiles
+    rects = np.empty((n, 4), np.int32)
+    n_cand = np.zeros(n_chunks + 1, np.int64)
+    for ch in prange(n_chunks):
+        total = 0
+        for k in range(n * ch // n_chunks, n * (ch + 1) // n_chunks):
             g = order[k]
             mx, my = packed[g, _MX], packed[g, _MY]
             # Pixel u has its centre at u + 0.5; one extra pixel of margin absorbs float rounding at the rim.
@@ -86,59 +91,78 @@ def _bin_tiles(packed, extents, order, cam_starts, tile_size, tiles_x, tiles_y):
             y0 = max(int(math.floor((my - extents[g, 1] - 1.5) / tile_size)), 0)
             y1 = min(int(math.floor((my + extents[g, 1] + 0.5) / tile_size)), tiles_y - 1)
             rects[k, 0], rects[k, 1], rects[k, 2], rects[k, 3] = x0, x1, y0, y1
-            n_cand += max(0, x1 - x0 + 1) * max(0, y1 - y0 + 1)
-    # (tile, Gaussian) pairs in depth order, then a counting sort by tile keeps that order inside each list
-    pair_tile = np.empty(n_cand, np.int64)
-    pair_row = np.empty(n_cand, np.int32)
-    counts = np.zeros(n_cams * n_tiles + 1, np.int64)
-    m = 0
-    for c in range(n_cams):
-        for k in range(cam_starts[c], cam_starts[c + 1]):
+            total += max(0, x1 - x0 + 1) * max(0, y1 - y0 + 1)
+        n_cand[ch + 1] = total
+    cand_start = np.cumsum(n_cand)
+    pair_tile = np.empty(cand_start[-1], np.int32)
+    pair_row = np.empty(cand_start[-1], np.int32)
+    counts = np.zeros((n_chunks, n_lists), np.int64)
+    n_pairs = np.zeros(n_chunks, np.int64)
+    for ch in prange(n_chunks):
+        m = cand_start[ch]
+        for k in range(n * ch // n_chunks, n * (ch + 1) // n_chunks):
             g = order[k]
+            first = order_cam[k] * n_tiles
             x0, x1, y0, y1 = rects[k, 0], rects[k, 1], rects[k, 2], rects[k, 3]
             single = x0 == x1 and y0 == y1  # a one-tile box needs no test
             for ty in range(y0, y1 + 1):
-                for tx in range(x0, x1 + 1):
-                    if single or _reaches(packed, extents, g, tx, ty, tile_size):
-                        t = c * n_tiles + ty * tiles_x + tx
-                        pair_tile[m] = t
-                        pair_row[m] = g
-                        counts[t + 1] += 1
-                        m += 1
-    offsets = np.cumsum(counts)
-    ids = np.empty(m, np.int32)
-    fill = offsets[:-1].copy()
-    for i in range(m):
-        t = pair_tile[i]
-        ids[fill[t]] = pair_row[i]
-        fill[t] += 1
+                lo, hi = (x0, x1) if single else _row_reach(packed, extents, g, ty, tile_size, x0, x1)
+                for tx in range(lo, hi + 1):
+                    t = first + ty * tiles_x + tx
+                    pair_tile[m] = t
+                    pair_row[m] = g
+                    counts[ch, t] += 1
+                    m += 1
+        n_pairs[ch] = m - cand_start[ch]
+    # offsets of each list, and where each run's part of it starts (counts becomes the runs' fill pointers)
+    offsets = np.zeros(n_lists + 1, np.int64)
+    for t in range(n_lists):
+        pos = offsets[t]
+        for ch in range(n_chunks):
+            c = counts[ch, t]
+            counts[ch, t] = pos
+            pos += c
+        offsets[t + 1] = pos
+    ids = np.empty(offsets[-1], np.int32)
+    for ch in prange(n_chunks):
+        for i in range(cand_start[ch], cand_start[ch] + n_pairs[ch]):
+            t = pair_tile[i]
+            ids[counts[ch, t]] = pair_row[i]
+            counts[ch, t] += 1
     return offsets, ids
 
 
 @njit(inline="always", cache=True)
-def _reaches(packed, extents, g, tx, ty, tile_size):
-    """Whether the ellipse of row g (its reach, scaled by extents' shrink) can touch a pixel centre of tile
-    (tx, ty): minimise 0.5 d^T conic d over the rectangle of the tile's pixel centres, widened by one pixel."""
+def _row_reach(packed, extents, g, ty, tile_size, x0, x1):
+    """The tiles [lo, hi] of tile row ty (within the box's columns x0..x1) that row g's ellipse reaches.
+
+    The ellipse 0.5 d^T conic d <= cut (the cut-off shrunk for opacity, as the extents are) is sliced by the
+    row's band of pixel centres widened by a pixel (a conservative test; exactness stays with the kernels' own
+    rule), and that slice's x-range gives the tiles: one square root per row of tiles, not a test per tile.
+    The slice's left edge is convex in y and its right edge concave, so their extremes over the band lie at the
+    ellipse's leftmost / rightmost points when the band holds them, else at the band's nearer end.
+    """
     mx, my = packed[g, _MX], packed[g, _MY]
     a, b, c = packed[g, _CA], packed[g, _CB], packed[g, _CC]
-    # Widened by a pixel on every side: a conservative test, exactness stays with the kernels' own rule.
-    lx, hx = tx * tile_size - 0.5 - mx, tx * tile_size + tile_size + 0.5 - mx
-    ly, hy = ty * tile_size - 0.5 - my, ty * tile_size + tile_size + 0.5 - my
-    if lx <= 0.0 <= hx and ly <= 0.0 <= hy:
-        return True
-    # The minimum of a convex quadratic over a rectangle not containing its centre lies on an edge.
-    best = np.inf
-    for e in range(4):
-        if e < 2:  # vertical edge x = lx or hx: minimise over y
-            x = lx if e == 0 else hx
-            y = min(max(-b * x / c, ly), hy)
-        else:
-            y = ly if e == 2 else hy
-            x = min(max(-b * y / a, lx), hx)
-        best = min(best, 0.5 * (a * x * x + c * y * y) + b * x * y)
-    # The extents carry the opacity-aware shrink: compare against the same shrunken cut-off.
     shrink = extents[g, 2]
-    return best <= SIGMA_CUTOFF * shrink * shrink * 1.0001
+    k = 2.0 * SIGMA_CUTOFF * shrink * shrink * 1.0001  # a dx^2 + 2 b dx dy + c dy^2 <= k
+    det = a * c - b * b
+    if det <= 0.0 or a <= 0.0:
+        return x0, x1  # not an ellipse (cannot happen for a valid Gaussian): keep the whole box
+    ey = math.sqrt(k * a / det)
+    ly = max(ty * tile_size - 0.5 - my, -ey)
+    hy = min(ty * tile_size + tile_size + 0.5 - my, ey)
+    if ly > hy:
+        return 1, 0  # the band misses the ellipse
+    ex = math.sqrt(k * c / det)
+    y_left = min(max(b * ex / c, ly), hy)  # the leftmost point is (-ex, b ex / c)
+    y_right = min(max(-b * ex / c, ly), hy)  # the rightmost (ex, -b ex / c)
+    xl = (-b * y_left - math.sqrt(max(a * k - det * y_left * y_left, 0.0))) / a
+    xr = (-b * y_right + math.sqrt(max(a * k - det * y_right * y_right, 0.0))) / a
+    # tile tx's widened pixel centres span [tx * ts - 0.5, tx * ts + ts + 0.5]
+    lo = max(int(math.ceil((mx + xl - 0.5) / tile_size)) - 1, x0)
+    hi = min(int(math.floor((mx + xr + 0.5) / tile_size)), x1)
+    return lo, hi
 
 
 @njit(inline="always", cache=True)
@@ -154,7 +178,7 @@ def _tile_pixels(tile, tiles_x, height, tile_size, pxs, pys):
 
 @njit(parallel=True, fastmath=_FAST, cache=True)
 def _forward(packed, k, offsets, ids, tile_order, width, height, tile_size, tiles_x, feats, n_threads,
-             out_feat, out_t, out_n):
+             out_feat, out_t, out_n, drew):
     zero, half, one, cut, amax, amin, tmin = k[0], k[1], k[2], k[3], k[4], k[5], k[6]
     n_feat = feats.shape[1]
     n_pix = tile_size * tile_size
@@ -202,6 +226,7 @@ def _forward(packed, k, offsets, ids, tile_order, width, height, tile_size, tile
                     live[p] = live[p] and not stop
                     n_draw += draw
                     n_stop += stop
+                drew[j] = n_draw > 0  # the backward skips entries that drew nothing
                 if n_draw > 0:
                     for f in range(n_feat):
                         v = feats[g, f]
@@ -221,7 +246,7 @@ def _forward(packed, k, offsets, ids, tile_order, width, height, tile_size, tile
 
 @njit(parallel=True, fastmath=_FAST, cache=True)
 def _backward(packed, k, offsets, ids, tile_order, width, height, tile_size, tiles_x, feats, n_threads,
-              out_t, out_n, grad_feat, grad_alpha):
+              out_t, out_n, drew, grad_feat, grad_alpha):
     zero, half, one, cut, amax, amin = k[0], k[1], k[2], k[3], k[4], k[5]
     n_rows = packed.shape[0]
     n_feat = feats.shape[1]
@@ -260,6 +285,8 @@ def _backward(packed, k, offsets, ids, tile_order, width, height, tile_size, til
                 n_max = max(n_max, used[p])
             acc[:] = zero
             for j in range(n_max - 1, -1, -1):
+                if not drew[start + j]:
+                    continue  # reached the tile's box but none of its pixels: no gradient
                 g = ids[start + j]
                 mx, my, a, b, c = packed[g, _MX], packed[g, _MY], packed[g, _CA], packed[g, _CB], packed[g, _CC]
                 opac = packed[g, _OP]
@@ -344,7 +371,7 @@ class _TileBins:
             idx = np.flatnonzero(valid[c])
             orders.append(c * n + idx[np.argsort(depths[c, idx], kind="stable")])
         order = np.concatenate(orders).astype(np.int64)
-        cam_starts = np.cumsum([0] + [len(o) for o in orders]).astype(np.int64)
+        order_cam = np.repeat(np.arange(n_cams, dtype=np.int64), [len(o) for o in orders])
         packed = np.zeros((n_cams * n, _PACK), dtype)
         packed[:, _MX:_MY + 1] = means2d.reshape(-1, 2).numpy()
         packed[:, _CA:_CC + 1] = proj.conics.detach().cpu().reshape(-1, 3).numpy()
@@ -356,8 +383,8 @@ class _TileBins:
         extents[:, 2] = shrink
         self.packed = packed
         self.consts = np.array(_CONSTS, dtype)
-        self.offsets, self.ids = _bin_tiles(packed, extents, order, cam_starts, tile_size, self.tiles_x,
-                                            self.tiles_y)
+        self.offsets, self.ids = _bin_tiles(packed, extents, order, order_cam, n_cams, tile_size, self.tiles_x,
+                                            self.tiles_y, numba.get_num_threads())
         # The longest lists first, dealt round-robin: threads finish together although a head's tiles cost
         # from nothing (background) to thousands of entries (hair).
         lengths = np.diff(self.offsets)
@@ -383,8 +410,9 @@ class _CompositeCPU(torch.autograd.Function):
         out_feat = np.zeros((c, h, w, n_feat), dtype)
         out_t = np.ones((c, h, w), dtype)
         out_n = np.zeros((c, h, w), np.int32)
-        _forward(*bins.kernel_args(), feats, numba.get_num_threads(), out_feat, out_t, out_n)
-        ctx.feats, ctx.bins, ctx.out_t, ctx.out_n = feats, bins, out_t, out_n
+        drew = np.zeros(len(bins.ids), np.bool_)
+        _forward(*bins.kernel_args(), feats, numba.get_num_threads(), out_feat, out_t, out_n, drew)
+        ctx.feats, ctx.bins, ctx.out_t, ctx.out_n, ctx.drew = feats, bins, out_t, out_n, drew
         ctx.shapes = (means2d.shape, conics.shape, features.shape, opacities.shape)
         ctx.device = means2d.device
         lead = means2d.shape[:-2]  # () for one camera, (C,) for several
@@ -398,7 +426,7 @@ class _CompositeCPU(torch.autograd.Function):
         dtype = bins.packed.dtype
         c, h, w = bins.n_cams, bins.height, bins.width
         g_params, g_feats = _backward(
-            *bins.kernel_args(), ctx.feats, numba.get_num_threads(), ctx.out_t, ctx.out_n,
+            *bins.kernel_args(), ctx.feats, numba.get_num_threads(), ctx.out_t, ctx.out_n, ctx.drew,
             _np(grad_feat, dtype).reshape(c, h, w, -1), _np(grad_alpha, dtype).reshape(c, h, w))
         means_shape, conics_shape, feat_shape, opac_shape = ctx.shapes
         g = torch.from_numpy(g_params)

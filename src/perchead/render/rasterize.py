@@ -26,6 +26,7 @@ from ..geometry.cameras import camera_centers
 from ..geometry.gaussians import Gaussians
 from .cpu import DEFAULT_TILE_SIZE, composite_cpu
 from .project import Projected, project
+from .project_cpu import project_cpu
 from .reference import composite_reference
 
 Backend = Literal["auto", "reference", "cpu", "gsplat"]
@@ -140,13 +141,19 @@ def render_features(gaussians: Gaussians, features: Tensor, viewmats: Tensor, Ks
     if features.ndim == 2:
         features = features.expand(len(viewmats), *features.shape)
     opacities, scales = gaussians.opacities, gaussians.scales
-    projs = [project(gaussians.means, gaussians.quats, scales, viewmats[c], Ks[c], width, height, near, far, eps2d)
-             for c in range(len(viewmats))]
     if which == "cpu":
         # One call for all cameras: the kernels share the cores across the views' tiles.
-        stacked = Projected(*(torch.stack([getattr(p, f.name) for p in projs]) for f in fields(Projected)))
+        if viewmats.requires_grad or Ks.requires_grad:  # the numba projection has no camera gradient
+            projs = [project(gaussians.means, gaussians.quats, scales, viewmats[c], Ks[c], width, height, near,
+                             far, eps2d) for c in range(len(viewmats))]
+            stacked = Projected(*(torch.stack([getattr(p, f.name) for p in projs]) for f in fields(Projected)))
+        else:
+            stacked = project_cpu(gaussians.means, gaussians.quats, scales, viewmats, Ks, width, height, near,
+                                  far, eps2d)
         feat, alpha = composite_cpu(stacked, features, opacities, width, height, tile_size)
         return feat, alpha.unsqueeze(-1)
+    projs = [project(gaussians.means, gaussians.quats, scales, viewmats[c], Ks[c], width, height, near, far, eps2d)
+             for c in range(len(viewmats))]
     feats, alphas = [], []
     for c, proj in enumerate(projs):
         feat, alpha = composite_reference(proj, features[c], opacities, width, height)

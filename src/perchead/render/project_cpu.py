@@ -20,6 +20,7 @@ import torch
 from numba import njit, prange
 from torch import Tensor
 
+from .cpu import _FAST
 from .project import EXTENT_SIGMAS, Projected
 
 
@@ -77,7 +78,7 @@ def _camera_terms(means, viewmats, Ks, i, c, width, height, near, far):
     return x, y, z, zs, in_depth, tx, ty, clamp_x, clamp_y, fx, fy, cx, cy
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, fastmath=_FAST, cache=True)
 def _project_fwd(means, quats, scales, viewmats, Ks, width, height, near, far, eps2d, extent_sigmas,
                  means2d, conics, depths, extents, valid):
     n = means.shape[0]
@@ -122,7 +123,7 @@ def _project_fwd(means, quats, scales, viewmats, Ks, width, height, near, far, e
             valid[c, i] = in_depth and ok_det and on_screen and math.isfinite(px) and math.isfinite(py)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, fastmath=_FAST, cache=True)
 def _project_bwd(means, quats, scales, viewmats, Ks, width, height, near, far, eps2d,
                  g_means2d, g_conics, g_depths, out_means, out_quats, out_scales):
     n = means.shape[0]

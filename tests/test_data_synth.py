@@ -16,6 +16,7 @@ from perchead.data.format import SEG, load_view, read_dataset
 from perchead.data.synth import (
     ASYMMETRY_STREAM,
     SynthConfig,
+    build_head,
     generate,
     make_subject,
     random_asymmetry,
@@ -266,3 +267,33 @@ def test_resume_redoes_subjects_of_the_other_kind_of_heads(tmp_path):
     report = generate(SynthConfig(subjects=2, views=2, size=32, seed=0, surface_resolution=32), tmp_path,
                       progress=False)
     assert (report.written, report.skipped) == (0, 2)
+
+
+def test_a_key_light_from_behind_lights_the_back_and_changes_nothing_else(tmp_path):
+    """The key light's yaw range moves the light only: the same draws, the same head, a brighter back.
+
+    Brightness = the mean shaded colour of the Gaussians facing backwards (normal z < -0.5; the albedo is the
+    same). Measured on subjects 0-3 of seed 2 (studio, asymmetric): the key from (170, 180) degrees gives the
+    back 1.198-1.304 x the brightness it has with the default (35, 80) range, where the key never reaches it.
+    Bound, with margin: >= 1.08 x on every subject."""
+    base = dict(subjects=4, views=2, size=32, seed=2, surface_resolution=32, kind="studio")
+    for i in range(4):
+        front = make_subject(SynthConfig(**base), i)
+        behind = make_subject(SynthConfig(**base, key_light_yaw_deg=(170.0, 180.0)), i)
+        fa, ba = asdict(front.asymmetry), asdict(behind.asymmetry)
+        assert 35 <= fa.pop("light_yaw_deg") <= 80 and 170 <= ba.pop("light_yaw_deg") <= 180
+        assert fa == ba and asdict(front.shape) == asdict(behind.shape)
+        assert torch.equal(front.gaussians.means, behind.gaussians.means)
+        g, _ = build_head(front.shape, front.appearance, 32, front.asymmetry)
+        back = g["normals"][:, 2] < -0.5
+        ratio = behind.gaussians.rgb[back].mean() / front.gaussians.rgb[back].mean()
+        assert ratio >= 1.08, f"subject {i}: the back is {ratio:.3f} x as bright with the key behind"
+    # a dataset remembers its light: a resume with another range redoes its subjects
+    generate(SynthConfig(**base), tmp_path, progress=False)
+    assert "key_light_yaw_deg" not in json.loads((tmp_path / "dataset.json").read_text())["meta"]["config"]
+    report = generate(SynthConfig(**base, key_light_yaw_deg=(170.0, 180.0)), tmp_path, progress=False)
+    assert (report.written, report.skipped) == (4, 0)
+    meta = json.loads((tmp_path / "subjects/synth_00000/subject.json").read_text())
+    assert meta["key_light_yaw_deg"] == [170.0, 180.0]
+    with pytest.raises(ValueError, match="key_light_yaw_deg"):
+        SynthConfig(key_light_yaw_deg=(90.0, 200.0))

@@ -25,13 +25,17 @@ def synth(
                                         "single earring, marks on one cheek, studio key light from one side; "
                                         "symmetric: the older left-right symmetric heads, identical bit for "
                                         "bit")] = "asymmetric",
+    key_light_yaw: Annotated[tuple[float, float],
+                             tyro.conf.arg(help="|yaw| range (degrees) of the asymmetric studio heads' key light; "
+                                                "180 = from behind (35 80: the face's side only, every back "
+                                                "darker than the top of the head)")] = (35.0, 80.0),
     quiet: bool = False,
 ) -> int:
     """Generate procedural synthetic heads in the perchead dataset format (docs/data.md)."""
     from .synth import SynthConfig, generate
 
     cfg = SynthConfig(subjects=subjects, views=views, size=size, seed=seed, kind=kind, wild_fraction=wild_fraction,
-                      heads=heads)
+                      heads=heads, key_light_yaw_deg=key_light_yaw)
     report = generate(cfg, out, progress=not quiet)
     print(f"wrote {report.written} subject(s), kept {report.skipped} finished one(s) in {report.seconds:.1f} s "
           f"-> {report.out}")

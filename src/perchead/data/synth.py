@@ -63,6 +63,7 @@ GENERATOR_VERSION = 1
 # subject_rng streams: 0 shape, appearance, lighting, cameras; 1 split; 2 kind; 3 the asymmetric features
 # (a stream of their own, so drawing them changes none of the others).
 ASYMMETRY_STREAM = 3
+DEFAULT_KEY_LIGHT_YAW = (35.0, 80.0)  # what every asymmetric dataset used before the range was an option
 
 
 @dataclass
@@ -82,6 +83,11 @@ class SynthConfig:
     heads: Heads = "asymmetric"
     """asymmetric: one-sided hair, accessories, skin marks and studio light (see Asymmetry); symmetric: the
     left-right symmetric heads of the generator before asymmetry existed, identical bit for bit"""
+    key_light_yaw_deg: tuple[float, float] = DEFAULT_KEY_LIGHT_YAW
+    """range of |yaw| of the asymmetric studio heads' key light (0 = from the front, 180 = from behind). Up to
+    80 the key lights the face's side and never the back, so every back is darker than the lit top of the
+    head, and a network trained on them paints the back of a photo's head darker than the hair the photo
+    shows (docs/results.md, "Light from behind"); up to 180 some heads are lit from behind instead"""
 
     def __post_init__(self) -> None:
         if self.subjects < 1 or self.views < 1 or self.size < 16:
@@ -96,6 +102,10 @@ class SynthConfig:
             raise ValueError(f"wild_fraction must be in [0, 1], got {self.wild_fraction}")
         if self.heads not in ("asymmetric", "symmetric"):
             raise ValueError(f"heads must be 'asymmetric' or 'symmetric', got {self.heads!r}")
+        lo, hi = self.key_light_yaw_deg
+        if not 0.0 <= lo <= hi <= 180.0:
+            raise ValueError(f"key_light_yaw_deg must be (low, high) with 0 <= low <= high <= 180, got "
+                             f"{self.key_light_yaw_deg}")
 
 
 # -- per-subject randomness ---------------------------------------------------------------------------------
@@ -241,7 +251,8 @@ class Asymmetry:
     light_strength: float
 
 
-def random_asymmetry(rng: np.random.Generator) -> Asymmetry:
+def random_asymmetry(rng: np.random.Generator,
+                     key_light_yaw_deg: tuple[float, float] = DEFAULT_KEY_LIGHT_YAW) -> Asymmetry:
     """The one-sided features of a head, from their own generator (``subject_rng(..., ASYMMETRY_STREAM)``).
 
     Drawn without looking at the head (bald or not, wild or studio): a feature that does not apply (no hair
@@ -259,7 +270,8 @@ def random_asymmetry(rng: np.random.Generator) -> Asymmetry:
         earring=bool(rng.random() < 0.6), earring_radius=float(rng.uniform(0.006, 0.011)),
         earring_color=_tup((0.85, 0.7, 0.3) if rng.random() < 0.6 else (0.8, 0.8, 0.82)),
         marks_side=marks_side, moles=moles, freckles=int(rng.integers(25, 60)) if rng.random() < 0.7 else 0,
-        marks_seed=int(rng.integers(2**31)), light_side=light_side, light_yaw_deg=float(rng.uniform(35, 80)),
+        marks_seed=int(rng.integers(2**31)), light_side=light_side,
+        light_yaw_deg=float(rng.uniform(*key_light_yaw_deg)),
         light_elevation_deg=float(rng.uniform(10, 40)), light_strength=float(rng.uniform(0.25, 0.4)),
     )
 
@@ -760,7 +772,7 @@ def make_subject(cfg: SynthConfig, index: int) -> SynthSubject:
         rng = subject_rng(cfg.seed, index)
         shape = random_head_shape(rng)
         app = random_appearance(rng)
-        asym = (random_asymmetry(subject_rng(cfg.seed, index, stream=ASYMMETRY_STREAM))
+        asym = (random_asymmetry(subject_rng(cfg.seed, index, stream=ASYMMETRY_STREAM), cfg.key_light_yaw_deg)
                 if cfg.heads == "asymmetric" else None)
         g, _ = build_head(shape, app, cfg.surface_resolution, asym)
         rgb, lighting = shade(g["albedo"], g["normals"], kind, rng, asym)
@@ -780,6 +792,8 @@ def _subject_meta(cfg: SynthConfig, subj: SynthSubject) -> dict:
     if subj.asymmetry is not None:
         meta["heads"] = "asymmetric"
         meta["asymmetry"] = asdict(subj.asymmetry)
+        if tuple(cfg.key_light_yaw_deg) != DEFAULT_KEY_LIGHT_YAW:  # older datasets stay byte for byte
+            meta["key_light_yaw_deg"] = list(cfg.key_light_yaw_deg)
     return meta
 
 
@@ -810,6 +824,8 @@ def _finished(cfg: SynthConfig, folder: Path, index: int) -> SubjectRecord | Non
             and m.get("index") == index and m.get("size") == cfg.size
             and m.get("surface_resolution") == cfg.surface_resolution
             and m.get("heads", "symmetric") == cfg.heads
+            and (cfg.heads == "symmetric"
+                 or tuple(m.get("key_light_yaw_deg", DEFAULT_KEY_LIGHT_YAW)) == tuple(cfg.key_light_yaw_deg))
             and rec.kind == subject_kind(cfg, index) and (rec.kind == "wild" or len(rec.views) == cfg.views))
     return rec if same else None
 
@@ -844,6 +860,8 @@ def generate(cfg: SynthConfig, out: str | Path, progress: bool = True) -> SynthR
     config = asdict(cfg)
     if cfg.heads == "symmetric":
         del config["heads"]  # the index of a symmetric dataset is the one the generator wrote before "heads"
+    if cfg.heads == "symmetric" or tuple(cfg.key_light_yaw_deg) == DEFAULT_KEY_LIGHT_YAW:
+        del config["key_light_yaw_deg"]  # nor does an index of the default light gain a key
     meta = {"source": "perchead-synth", "generator_version": GENERATOR_VERSION, "config": config}
     write_index(out, records, meta)
     count = {s: sum(r.split == s for r in records) for s in SPLITS}

@@ -232,8 +232,11 @@ def short(path: Path) -> Path:
 def _check_data(data: Path) -> None:
     meta = json.loads((data / "dataset.json").read_text()).get("meta", {}).get("config", {})
     # A symmetric dataset's index has no "heads" (it is the one the generator wrote before asymmetric heads).
-    meta = {"heads": "symmetric", **meta}
-    differs = {k: (meta.get(k), v) for k, v in recon_demo.DATA.items() if meta.get(k) != v}
+    # Nor has an index of the default key light its range (the CLI's --key-light-yaw is key_light_yaw_deg there).
+    meta = {"heads": "symmetric", "key_light_yaw_deg": [35.0, 80.0], **meta}
+    meta["key_light_yaw"] = tuple(meta.pop("key_light_yaw_deg"))
+    expected = {**recon_demo.DATA, "key_light_yaw": tuple(map(float, recon_demo.DATA["key_light_yaw"]))}
+    differs = {k: (meta.get(k), v) for k, v in expected.items() if meta.get(k) != v}
     if differs:
         raise SystemExit(f"{data} was not made with train_demo.py's DATA settings ({differs}): its test subjects "
                          "would not be the held-out ones")

@@ -272,7 +272,7 @@ class _ProjectCPU(torch.autograd.Function):
         _project_fwd(*arrays, width, height, near, far, eps2d, EXTENT_SIGMAS, means2d, conics, depths, extents,
                      valid)
         ctx.arrays, ctx.args = arrays, (width, height, near, far, eps2d)
-        ctx.like = means
+        ctx.dtype, ctx.device = means.dtype, means.device
         out = [torch.from_numpy(a).to(means) for a in (means2d, conics, depths, extents)]
         out.append(torch.from_numpy(valid).to(means.device))
         ctx.mark_non_differentiable(out[3], out[4])
@@ -286,9 +286,11 @@ class _ProjectCPU(torch.autograd.Function):
                  ((g_means2d, (n_cams, n, 2)), (g_conics, (n_cams, n, 3)), (g_depths, (n_cams, n)))]
         out_means, out_quats, out_scales = np.empty_like(means), np.empty_like(quats), np.empty_like(scales)
         _project_bwd(means, quats, scales, viewmats, Ks, *ctx.args, *grads, out_means, out_quats, out_scales)
-        like = ctx.like
-        return (torch.from_numpy(out_means).to(like), torch.from_numpy(out_quats).to(like),
-                torch.from_numpy(out_scales).to(like), None, None, None, None, None, None, None)
+
+        def back(a: np.ndarray) -> Tensor:
+            return torch.from_numpy(a).to(ctx.device, ctx.dtype)
+
+        return back(out_means), back(out_quats), back(out_scales), None, None, None, None, None, None, None
 
 
 def project_cpu(means: Tensor, quats: Tensor, scales: Tensor, viewmats: Tensor, Ks: Tensor, width: int, height: int,

@@ -3,9 +3,10 @@
 Every backend uses this maths; they differ in how they composite the projected 2D Gaussians into pixels. This
 function is its definition (the reference backend and cameras that need gradients use it); the cpu backend runs
 the same maths as a numba kernel with a hand-written backward (:mod:`perchead.render.project_cpu`), tested
-against it, because at small image sizes these many small PyTorch ops cost more than the compositing. The maths follows 3DGS / gsplat: the
-local affine (Jacobian) approximation of the perspective map, with the camera-space position clamped to
-1.3x the field of view before the Jacobian is taken, and a 0.3 px low-pass added to the 2D covariance.
+against it, because at small image sizes these many small PyTorch ops cost more than the compositing. The
+maths follows 3DGS / gsplat: the local affine (Jacobian) approximation of the perspective map, with the
+camera-space position clamped to 1.3x the field of view before the Jacobian is taken, and a 0.3 px low-pass
+added to the 2D covariance.
 """
 
 from __future__ import annotations

@@ -233,7 +233,9 @@ def _check_data(data: Path) -> None:
     meta = json.loads((data / "dataset.json").read_text()).get("meta", {}).get("config", {})
     # A symmetric dataset's index has no "heads" (it is the one the generator wrote before asymmetric heads).
     # Nor has an index of the default key light its range (the CLI's --key-light-yaw is key_light_yaw_deg there).
-    meta = {"heads": "symmetric", "key_light_yaw_deg": [35.0, 80.0], **meta}
+    from perchead.data.synth import DEFAULT_KEY_LIGHT_YAW
+
+    meta = {"heads": "symmetric", "key_light_yaw_deg": DEFAULT_KEY_LIGHT_YAW, **meta}
     meta["key_light_yaw"] = tuple(meta.pop("key_light_yaw_deg"))
     expected = {**recon_demo.DATA, "key_light_yaw": tuple(map(float, recon_demo.DATA["key_light_yaw"]))}
     differs = {k: (meta.get(k), v) for k, v in expected.items() if meta.get(k) != v}

@@ -169,7 +169,7 @@ def test_map_loss_options_and_batches():
     assert torch.equal(batch.target_segmentation[1, 1], segs[0, ::2, ::2])  # padding repeats the first view
 
 
-def test_edit_stage_starts_from_a_colour_read_model_and_stores_what_it_trained(tmp_path, one_thread):
+def test_edit_stage_keeps_the_colour_read_and_stores_what_it_trained(tmp_path, one_thread):
     clip = save_tiny_models(tmp_path / "models")["clip"]
     data = tmp_path / "synth"
     generate(SynthConfig(subjects=2, views=2, size=32, surface_resolution=32), data, progress=False)
@@ -182,8 +182,11 @@ def test_edit_stage_starts_from_a_colour_read_model_and_stores_what_it_trained(t
     model = PercHead(cfg.model)
     start = model.heads.out.weight.clone()
     result = Trainer(cfg, model=model).run()
-    # The editing network has no photo to read colours from: its checkpoint says so and holds the trained heads.
+    # The heads keep their colour read, now of the colours the map's tokens predict from the style: the
+    # checkpoint holds the trained heads and the encoder's colour layer.
     net = EditNetwork.from_pretrained(result.checkpoint, clip=str(clip))
-    assert not net.config.colour_read and net.heads.colour_read is None
+    assert net.config.colour_read and net.heads.colour_read is not None and net.encoder.colour is not None
     assert torch.equal(net.heads.out.weight, model.heads.out.weight)
+    assert torch.equal(net.encoder.colour.weight, model.edit_encoder.colour.weight)
     assert not torch.equal(net.heads.out.weight, start)
+    assert float(net.encoder.colour.weight.detach().abs().max()) > 0.0  # trained from its zero start

@@ -5,6 +5,11 @@ encoder's input, patch-embedded and run through a plain ViT (the image encoder's
 19-channel patch embedding) on the patches that hold at least one non-background pixel. Each kept token is
 concatenated with the same global CLIP embedding, and an MLP turns the pair into the decoder's F2D width
 (docs/design.md section 2, editing row). The decoder and Gaussian heads stay those of the reconstruction model.
+
+With a ``colour_read`` model (whose Gaussian heads read their colours from the 2D tokens' ``colours``, a photo's
+patch colours in reconstruction) each kept token also predicts a colour from its fused feature -- what its
+class looks like in this style -- and the heads read those instead of a photo's: the style reaches the colours
+through two layers rather than the whole decoder (issue 31: without it, the demo learnt lightness but not hue).
 """
 
 from __future__ import annotations
@@ -59,6 +64,11 @@ class SegStyleEncoder(nn.Module):
                                   nn.Linear(cfg.f2d_width, cfg.f2d_width), nn.LayerNorm(cfg.f2d_width))
         self.vit.blocks.apply(init_linear)
         self.fuse.apply(init_linear)
+        # Starts grey: the heads' colour read then adds nothing until the style has shaped the tokens' colours.
+        self.colour = nn.Linear(cfg.f2d_width, 3) if cfg.colour_read else None
+        if self.colour is not None:
+            nn.init.zeros_(self.colour.weight)
+            nn.init.zeros_(self.colour.bias)
 
     def one_hot(self, segmentation: Tensor) -> tuple[Tensor, Tensor]:
         """Validate, one-hot and pad with background to whole patches.
@@ -87,7 +97,8 @@ class SegStyleEncoder(nn.Module):
         style = style.to(tokens.dtype) * self.edit.clip_dim**0.5
         style = style.expand(b, -1)[:, None].expand(-1, tokens.shape[1], -1)
         tokens = self.fuse(torch.cat([tokens, style], dim=-1)) * valid[..., None]
-        return ImageTokens(tokens, valid, index)
+        colours = torch.sigmoid(self.colour(tokens)) if self.colour is not None else None
+        return ImageTokens(tokens, valid, index, colours=colours)
 
 
 __all__ = ["EditConfig", "SegStyleEncoder"]

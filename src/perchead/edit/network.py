@@ -48,9 +48,6 @@ class EditNetwork(nn.Module):
         """``decoder`` / ``heads`` / ``shp_cnn``: modules to share (a reconstruction model's); new ones
         otherwise. ``clip``: an already-loaded CLIP instead of loading ``edit.clip`` on first use."""
         super().__init__()
-        if config.colour_read:
-            raise ValueError("the editing network takes its colours from the style (CLIP), not from a photo: its "
-                             "config must have colour_read off (from_reconstruction does that for you)")
         self.config = config
         self.edit_config = edit
         self.template = template
@@ -72,20 +69,13 @@ class EditNetwork(nn.Module):
     def from_reconstruction(cls, model: PercHead, edit: EditConfig | None = None,
                             clip: ClipModels | None = None) -> EditNetwork:
         """The editing network of a trained PercHead: its template, decoder, heads and SHP-CNN (shared,
-        not copied; the heads of a ``colour_read`` model are copied without their photo read), a new
-        segmentation + style encoder whose ViT blocks start from the image ViT's."""
+        not copied), a new segmentation + style encoder whose ViT blocks start from the image ViT's. The heads of
+        a ``colour_read`` model keep reading colours from the 2D tokens: the editing encoder's tokens carry
+        colours predicted from the map and the style (SegStyleEncoder)."""
         if edit is None:
             edit = (EditConfig(clip=clip.name, clip_dim=int(clip.model.config.projection_dim)) if clip is not None
                     else EditConfig())
-        config, heads = model.config, model.heads
-        if config.colour_read:
-            # Its colours come from the style, not a photo: the heads without the photo read, the rest copied
-            # (so the reconstruction model is left as it was).
-            config = config.replace(colour_read=False)
-            heads = GaussianHeads(config, model.template)
-            heads.load_state_dict({k: v for k, v in model.heads.state_dict().items()
-                                   if not k.startswith("colour_read.")})
-        net = cls(config, edit, model.template, model.decoder, heads, model.shp_cnn, clip)
+        net = cls(model.config, edit, model.template, model.decoder, model.heads, model.shp_cnn, clip)
         src, dst = model.encoder.vit, net.encoder.vit
         with torch.no_grad():
             dst.pos_embed.copy_(src.pos_embed)
@@ -131,7 +121,7 @@ class EditNetwork(nn.Module):
         """segmentation [B, S, S] (or [S, S]) class ids, style [B, D] CLIP embeddings -> Gaussians [B]."""
         tokens = self.encoder(segmentation, style)
         features = self.decoder(tokens.tokens, tokens.valid, self.decoder.embed(self.template))
-        return self.heads(features, self.template)
+        return self.heads(features, self.template, tokens)
 
     def forward(self, image: Tensor, mask: Tensor, segmentation: Tensor | None) -> Gaussians:
         """The training contract: the style is CLIP of the (matted) input image itself, the geometry comes

@@ -49,10 +49,6 @@ def build_edit_network(model: PercHead, cfg: Any = None, clip: str | None = None
     edit = EditConfig(clip=name, clip_dim=int(clip_models.model.config.projection_dim))
     existing = getattr(model, ENCODER_ATTR, None)
     net = EditNetwork.from_reconstruction(model, edit, clip=clip_models)
-    if model.config.colour_read:
-        # The editing network's heads are a copy without the photo read: make them the model's, so the
-        # trainer's checkpoints (model.save_pretrained) store what was trained, under a config that says so.
-        model.config, model.heads = net.config, net.heads
     if isinstance(existing, SegStyleEncoder):
         # The model came from an edit-stage checkpoint: keep its trained editing encoder.
         if existing.edit.clip_dim != edit.clip_dim:

@@ -65,6 +65,9 @@ def main() -> int:
     ap.add_argument("--figure", type=Path, default=None, help="PNG: the photo, its map, each prompt's head")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--report-only", action="store_true", help="exit status 0 even when a check fails")
+    ap.add_argument("--geometry", action="store_true",
+                    help="also: how far the Gaussians move between the first four prompts' heads against a map "
+                    "edit (the map's hair grown 20 px), for the network alone and through the map fit")
     args = ap.parse_args()
     torch.manual_seed(0)
 
@@ -108,6 +111,8 @@ def main() -> int:
         ok &= passed
         checks.append({"check": f"{channel}*({p}) - {channel}*({q}) >= {margin:g}", "value": diff, "pass": passed})
         print(f"{channel}*({p!r}) - {channel}*({q!r}) = {diff:.1f} (>= {margin:g}: {'pass' if passed else 'FAIL'})")
+    if args.geometry:
+        geometry_check(net, rec, labels, args.prompts[:4], args.fit_steps)
     if args.figure is not None:
         from perchead.edit import colorize
         from perchead.io.media import save_grid
@@ -122,6 +127,33 @@ def main() -> int:
                                          "checkpoint": args.checkpoint, "fit_steps": args.fit_steps,
                                          "rows": rows, "checks": checks}, indent=1) + "\n")
     return 0 if ok or args.report_only else 1
+
+
+def geometry_check(net, rec, labels: np.ndarray, prompts: list[str], fit_steps: int) -> None:
+    """Issue 31: a typed style must move the geometry less than a map edit. Prints the mean distance between
+    corresponding Gaussians, over the pairs of ``prompts`` on the same map and over the prompts between the map
+    and the map with its hair grown 20 px; for the network alone and after the map fit."""
+    import itertools
+
+    from perchead.edit.fit import MapFitConfig
+    from perchead.edit.pipeline import follow_map, generate_head
+    from perchead.edit.segmentation import grow_class
+
+    maps = {"map": labels, "hair +20 px": grow_class(labels, "hair", 20)}
+    heads = {}
+    for (name, seg), prompt in itertools.product(maps.items(), prompts):
+        g = generate_head(net, seg, net.style_from_text(prompt), rec.device, rec.render_device)
+        heads[name, prompt] = (g, follow_map(net, g, seg, MapFitConfig(steps=fit_steps), rec.config.backend)[0])
+
+    def mm(a, b) -> float:
+        return float((a.means - b.means).norm(dim=-1).mean()) * 1000
+
+    for k, what in ((0, "network alone"), (1, f"map fit ({fit_steps} steps)")):
+        pairs = list(itertools.combinations(prompts, 2))
+        style = np.mean([mm(heads[m, p][k], heads[m, q][k]) for m in maps for p, q in pairs])
+        edit = np.mean([mm(heads["map", p][k], heads["hair +20 px", p][k]) for p in prompts])
+        print(f"{what}: typed style change {style:.2f} mm, map edit {edit:.2f} mm (map / style {edit / style:.2f}; "
+              f"prompts {', '.join(prompts)})")
 
 
 if __name__ == "__main__":

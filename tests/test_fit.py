@@ -16,14 +16,17 @@ from safetensors.torch import save_file
 from perchead.data.synth import SynthConfig, make_subject, subject_split
 from perchead.eval.metrics import psnr
 from perchead.geometry import HEAD_CAMERA_FOV_DEG, HEAD_CAMERA_RADIUS, Cameras, orbit_viewmats
+from perchead.geometry.head_surface import EARS, FACE, NECK
 from perchead.inference import fit as fit_module
 from perchead.inference.fit import (
     FitConfig,
     FitDivergedError,
+    align_midline,
     densify,
     fit_to_photo,
     mirror_index,
     photo_colours,
+    photo_midline,
     project_appearance,
     template_inputs,
     turned_viewmats,
@@ -120,7 +123,7 @@ def test_template_mirror_map_pairs_left_and_right(demo, prediction):
     assert torch.equal(parents[child], mirror[parents])  # a child's mirror is a child of its parent's mirror
 
 
-def test_unseen_gaussians_take_their_regions_colour_from_the_photo(demo, prediction):
+def test_unseen_gaussians_take_their_regions_colour_or_keep_the_networks(demo, prediction):
     """The back of the hair takes the colour the photo shows on the visible hair, not the network's."""
     g, _, _ = prediction
     inputs = template_inputs(demo)
@@ -130,13 +133,26 @@ def test_unseen_gaussians_take_their_regions_colour_from_the_photo(demo, predict
     blond = torch.tensor([0.85, 0.7, 0.35])
     image = blond[:, None, None].expand(3, 64, 64).clone()
     colour, weight = photo_colours(dense, vm, image, torch.ones(1, 64, 64))
-    painted, seen = project_appearance(dense, colour, weight, 0.5, regions)
+    painted, seen = project_appearance(dense, colour, weight, 0.5, regions)  # every region repainted
     back = (seen < 0.05) & (regions == 1) & (dense.means[:, 2] < -0.03)  # scalp Gaussians behind the head
     assert int(back.sum()) > 500
     # Measured: the back's mean colour 0.021 from the photo's (bound 0.1), the network's own 0.49 away (its dark
     # hair; bound 0.2).
     assert float((painted.rgb[back].mean(0) - blond).abs().max()) < 0.1
     assert float((dense.rgb[back].mean(0) - blond).abs().max()) > 0.2
+    # Regions left out of ``repaint`` (the scalp, in FitConfig's default) keep the network's colours where
+    # neither the photo nor the mirror sees, and still take the photo's where it does.
+    kept, seen_again = project_appearance(dense, colour, weight, 0.5, regions, repaint=[FACE, EARS, NECK])
+    assert torch.equal(seen, seen_again)
+    assert float((kept.rgb[back] - dense.rgb[back]).abs().max()) < 0.05  # seen < 0.05: at most 5% photo
+    face = (seen < 0.05) & (regions == FACE)
+    assert int(face.sum()) > 100 and torch.allclose(kept.rgb[face], painted.rgb[face])
+    front = seen > 0.5
+    # Measured: the seen front's mean colour 0.13 from the photo's, the network's 0.37 (bound: half of it).
+    gap = [float((g.rgb[front].mean(0) - blond).abs().max()) for g in (kept, dense)]
+    assert int(front.sum()) > 500 and gap[0] < 0.5 * gap[1], gap
+    with pytest.raises(ValueError, match="repaint_regions"):
+        FitConfig(repaint_regions=("hair",))
 
 
 def test_photo_colours_are_the_pixels_each_gaussian_draws(prediction):
@@ -200,6 +216,57 @@ def test_fit_keeps_the_unseen_side_of_the_head(demo, prediction):
         b = rasterize(result.gaussians, back, K, 64, 64).alpha
     # Measured mean |alpha difference| 0.016 (back) and 0.006 (profile): bound 0.04.
     assert float((a - b).abs().mean()) < 0.04
+
+
+def test_photo_midline_says_where_the_photos_face_lands_on_the_head(demo):
+    """The photo's face midline (Face Mesh's midline landmarks) on the demo's head of a held-out frontal synthetic
+    head: on the head's midline from the true camera, to one side when the camera is 15 or 25 degrees off (as on
+    turned real photos). Measured on three test subjects at 128 and 224 px: -0.4 to 1.1 mm at the true camera;
+    +21.5 to +24.7 / -20.0 to -22.1 mm at +-15 degrees; +33.8 to +36.4 mm at +25. Bounds: 5 mm, 12 mm, 25 mm."""
+    image, mask = synth_view(TEST_SUBJECTS[0], 0.0, size=224)
+    small, small_mask = synth_view(TEST_SUBJECTS[0], 0.0, size=128)
+    with torch.no_grad():
+        g = demo(small[None], small_mask[None])[0]
+    at = {yaw: photo_midline(g, Pose(yaw, 0.0).viewmat, image, mask) for yaw in (0.0, 15.0, -15.0, 25.0)}
+    assert None not in at.values(), at
+    assert abs(at[0.0]) < 0.005 and at[15.0] > 0.012 and at[-15.0] < -0.012 and at[25.0] > 0.025, at
+    assert photo_midline(g, Pose(0.0, 0.0).viewmat, torch.ones(3, 224, 224), torch.zeros(1, 224, 224)) is None
+
+
+@pytest.mark.parametrize("pixels", [12, -12])
+def test_align_midline_moves_the_camera_under_an_off_centre_face(demo, pixels):
+    """A crop that puts the face off the head's centre (as an eye-centred crop of a turned face does): the
+    frontal synthetic head moved 12 px sideways at 224 px. Moving the camera sideways brings the photo's midline
+    back onto the head's. Measured on three test subjects: midline 15.9-18.7 mm off before, within 1.3 mm after,
+    the camera moved 18.7-21.2 mm the same way. Bounds: 10 mm before, 3 mm after, 12-30 mm moved."""
+    image, mask = synth_view(TEST_SUBJECTS[0], 0.0, size=224)
+    small, small_mask = synth_view(TEST_SUBJECTS[0], 0.0, size=128)
+    with torch.no_grad():
+        g = demo(small[None], small_mask[None])[0]
+    image, mask = torch.roll(image, pixels, dims=-1), torch.roll(mask, pixels, dims=-1)
+    side = 1 if pixels > 0 else -1
+    before = photo_midline(g, Pose(0.0, 0.0).viewmat, image, mask)
+    pose, after = align_midline(g, Pose(0.0, 0.0, "landmarks"), image, mask, max_shift=0.06)
+    assert side * before > 0.010 and abs(after) < 0.003, (before, after)
+    assert 0.012 < side * pose.shift_m < 0.030 and pose.yaw_deg == 0.0, pose
+    assert torch.allclose(pose.viewmat[0, 3], Pose(0.0, 0.0).viewmat[0, 3] + pose.shift_m)
+    assert pose.metadata(224)["shift_mm"] == round(pose.shift_m * 1000, 2)
+    # the bound holds, and a given camera is never moved by the fit
+    assert abs(align_midline(g, Pose(0.0, 0.0, "landmarks"), image, mask, max_shift=0.005)[0].shift_m) <= 0.005
+    result = fit_to_photo(g, image, mask, FitConfig(steps=1, size=224, num_gaussians=4096),
+                          pose=Pose(0.0, 0.0, "given"), **template_inputs(demo))
+    assert result.pose.shift_m == 0.0
+
+
+def test_mirror_through_a_plane_beside_the_midline(demo):
+    """Mirrored through x = 2 cm instead of the midline, the face's points (the front, within 5 cm of the
+    midline) go to points up to 4 cm (twice the plane's offset) farther along x: less where the face curves
+    back, as the nearest point to a reflection off the surface is. Measured: median 33.6 mm; bounds 25-45 mm."""
+    anchors = demo.template.points()[0]
+    face = (anchors[:, 2] > 0.05) & (anchors[:, 0].abs() < 0.05)
+    shift = anchors[mirror_index(anchors, plane_x=0.02), 0] - anchors[mirror_index(anchors), 0]
+    assert int(face.sum()) > 200 and 0.025 < float(shift[face].median()) < 0.045
+    assert torch.equal(mirror_index(anchors, plane_x=0.0), mirror_index(anchors))
 
 
 def test_a_turned_head_fitted_from_its_35_degree_view_has_one_face(demo):

@@ -56,16 +56,25 @@ class Pose:
     """landmarks: the RANSAC inlier share (higher is better); otherwise none"""
     readings: dict[str, float] = field(default_factory=dict)
     """what :func:`estimate_pose` weighed: each method's yaw and pitch and the landmarks' weight"""
+    shift_m: float = 0.0
+    """metres the camera is moved sideways (along its own x axis) from the orbit camera: the photo's crop is
+    centred between the eyes, which on a turned face is not in front of the head's centre
+    (:func:`perchead.inference.fit.align_midline`)"""
 
     @property
     def viewmat(self) -> Tensor:
-        return orbit_viewmats([self.yaw_deg], [self.pitch_deg], HEAD_CAMERA_RADIUS)[0]
+        vm = orbit_viewmats([self.yaw_deg], [self.pitch_deg], HEAD_CAMERA_RADIUS)[0]
+        if self.shift_m:
+            vm = vm.clone()
+            vm[0, 3] += self.shift_m
+        return vm
 
     def metadata(self, size: int) -> dict:
         """``reconstruction.json``'s ``input_camera``: K and viewmat at ``size`` pixels, and the angles."""
         return {"K": camera_K(size).tolist(), "viewmat": self.viewmat.tolist(), "width": size, "height": size,
                 "yaw_deg": round(self.yaw_deg, 3), "pitch_deg": round(self.pitch_deg, 3),
                 "radius_m": HEAD_CAMERA_RADIUS, "fov_deg": HEAD_CAMERA_FOV_DEG, "method": self.method,
+                "shift_mm": round(self.shift_m * 1000, 2),
                 "score": None if math.isnan(self.loss) else round(self.loss, 5),
                 **{k: round(v, 3) for k, v in self.readings.items()}}
 

@@ -356,7 +356,7 @@ class Reconstructor:
         finally:
             if bar is not None:
                 bar.close()
-        return pose, result
+        return result.pose, result  # the fit may move the camera sideways (FitConfig.max_camera_shift)
 
     def render_result(self, gaussians: Gaussians, pre: Preprocessed, times: StageTimes | None = None,
                       progress: Progress | None = None, pose: Pose | None = None,

@@ -78,11 +78,12 @@ def main() -> int:
     labels = resize_segmentation(result.labels, net.config.image_size)
     s = labels.shape[-1]
     hair = torch.from_numpy(labels == SEG["hair"])
-    rows, renders = [], []
+    rows, renders, heads = [], [], {}
     for prompt in args.prompts:
         style = net.style_from_text(prompt)
-        g = generate_head(net, labels, style, rec.device, rec.render_device)
-        g, _ = follow_map(net, g, labels, MapFitConfig(steps=args.fit_steps), rec.config.backend)
+        alone = generate_head(net, labels, style, rec.device, rec.render_device)
+        g, _ = follow_map(net, alone, labels, MapFitConfig(steps=args.fit_steps), rec.config.backend)
+        heads[prompt] = (alone, g)
         vm, K = (t.to(g.means) for t in map_camera(s))
         with torch.no_grad():
             feats, alpha = render_features(g, g.rgb, vm[None], K[None], s, s, backend=rec.config.backend)
@@ -112,7 +113,7 @@ def main() -> int:
         checks.append({"check": f"{channel}*({p}) - {channel}*({q}) >= {margin:g}", "value": diff, "pass": passed})
         print(f"{channel}*({p!r}) - {channel}*({q!r}) = {diff:.1f} (>= {margin:g}: {'pass' if passed else 'FAIL'})")
     if args.geometry:
-        geometry_check(net, rec, labels, args.prompts[:4], args.fit_steps)
+        geometry_check(net, rec, labels, {p: heads[p] for p in args.prompts[:4]}, args.fit_steps)
     if args.figure is not None:
         from perchead.edit import colorize
         from perchead.io.media import save_grid
@@ -129,29 +130,31 @@ def main() -> int:
     return 0 if ok or args.report_only else 1
 
 
-def geometry_check(net, rec, labels: np.ndarray, prompts: list[str], fit_steps: int) -> None:
-    """Issue 31: a typed style must move the geometry less than a map edit. Prints the mean distance between
-    corresponding Gaussians, over the pairs of ``prompts`` on the same map and over the prompts between the map
-    and the map with its hair grown 20 px; for the network alone and after the map fit."""
+def geometry_check(net, rec, labels: np.ndarray, heads: dict, fit_steps: int) -> None:
+    """Issue 31: a typed style must move the geometry less than a map edit. ``heads``: prompt -> (the network's
+    head, the fitted head) on ``labels``, as the main loop made them. Prints the mean distance between
+    corresponding Gaussians, over the pairs of prompts on the same map and over the prompts between the map and
+    the map with its hair grown 20 px; for the network alone and after the map fit."""
     import itertools
 
     from perchead.edit.fit import MapFitConfig
     from perchead.edit.pipeline import follow_map, generate_head
     from perchead.edit.segmentation import grow_class
 
-    maps = {"map": labels, "hair +20 px": grow_class(labels, "hair", 20)}
-    heads = {}
-    for (name, seg), prompt in itertools.product(maps.items(), prompts):
-        g = generate_head(net, seg, net.style_from_text(prompt), rec.device, rec.render_device)
-        heads[name, prompt] = (g, follow_map(net, g, seg, MapFitConfig(steps=fit_steps), rec.config.backend)[0])
+    prompts = list(heads)
+    grown = grow_class(labels, "hair", 20)
+    edited = {}
+    for prompt in prompts:
+        g = generate_head(net, grown, net.style_from_text(prompt), rec.device, rec.render_device)
+        edited[prompt] = (g, follow_map(net, g, grown, MapFitConfig(steps=fit_steps), rec.config.backend)[0])
 
     def mm(a, b) -> float:
         return float((a.means - b.means).norm(dim=-1).mean()) * 1000
 
+    pairs = list(itertools.combinations(prompts, 2))
     for k, what in ((0, "network alone"), (1, f"map fit ({fit_steps} steps)")):
-        pairs = list(itertools.combinations(prompts, 2))
-        style = np.mean([mm(heads[m, p][k], heads[m, q][k]) for m in maps for p, q in pairs])
-        edit = np.mean([mm(heads["map", p][k], heads["hair +20 px", p][k]) for p in prompts])
+        style = np.mean([mm(m[p][k], m[q][k]) for m in (heads, edited) for p, q in pairs])
+        edit = np.mean([mm(heads[p][k], edited[p][k]) for p in prompts])
         print(f"{what}: typed style change {style:.2f} mm, map edit {edit:.2f} mm (map / style {edit / style:.2f}; "
               f"prompts {', '.join(prompts)})")
 

@@ -124,11 +124,11 @@ def test_trainer_hook_shares_decoder_and_checkpoints_round_trip(clip, clip_path,
         EditNetwork.from_pretrained(tmp_path / "recon")
 
 
-def _train_two_styles(colour_read: bool, steps: int = 30) -> torch.Tensor:
-    """Fit one map under two styles to two colours (red, blue), on the Gaussians' colours; the mean colour of
-    each style's Gaussians after ``steps`` Adam steps [2, 3]."""
+def _train_two_styles(steps: int = 30) -> torch.Tensor:
+    """A colour_read model's editing network fitted on one map under two styles to two colours (red, blue), on
+    the Gaussians' colours; the mean colour of each style's Gaussians after ``steps`` Adam steps [2, 3]."""
     torch.manual_seed(0)
-    model = PercHead(tiny_model_config(32, colour_read=colour_read, shp_cnn=False))
+    model = PercHead(tiny_model_config(32, colour_read=True, shp_cnn=False))
     net = EditNetwork.from_reconstruction(model, EditConfig(clip="unused", clip_dim=8))
     seg = head_map(32, 8, 10).expand(2, -1, -1)
     styles = torch.nn.functional.normalize(torch.randn(2, 8), dim=-1)
@@ -148,6 +148,6 @@ def test_colour_read_model_takes_hue_from_the_style_within_a_few_steps():
     # the style. Measured (seed 0, 30 steps): red (0.81, 0.09, 0.07) and blue (0.07, 0.18, 0.83), 1.07 apart
     # (the targets: 1.00); the same network with the colour read off: 0.0001 apart (both purple-grey), the
     # route through the decoder takes far longer. Bounds at half.
-    colours = _train_two_styles(colour_read=True)
+    colours = _train_two_styles()
     assert float((colours[0] - colours[1]).norm()) > 0.5, colours
     assert colours[0, 0] > colours[0, 2] + 0.35 and colours[1, 2] > colours[1, 0] + 0.35, colours

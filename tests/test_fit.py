@@ -218,15 +218,21 @@ def test_fit_keeps_the_unseen_side_of_the_head(demo, prediction):
     assert float((a - b).abs().mean()) < 0.04
 
 
+def frontal_head_at_224(demo) -> tuple:
+    """The demo's head of a held-out synthetic subject seen from the front (its 128 px input), and that view at
+    the fit's 224 px: what the midline tests read Face Mesh on."""
+    image, mask = synth_view(TEST_SUBJECTS[0], 0.0, size=224)
+    small, small_mask = synth_view(TEST_SUBJECTS[0], 0.0, size=128)
+    with torch.no_grad():
+        return demo(small[None], small_mask[None])[0], image, mask
+
+
 def test_photo_midline_says_where_the_photos_face_lands_on_the_head(demo):
     """The photo's face midline (Face Mesh's midline landmarks) on the demo's head of a held-out frontal synthetic
     head: on the head's midline from the true camera, to one side when the camera is 15 or 25 degrees off (as on
     turned real photos). Measured on three test subjects at 128 and 224 px: -0.4 to 1.1 mm at the true camera;
     +21.5 to +24.7 / -20.0 to -22.1 mm at +-15 degrees; +33.8 to +36.4 mm at +25. Bounds: 5 mm, 12 mm, 25 mm."""
-    image, mask = synth_view(TEST_SUBJECTS[0], 0.0, size=224)
-    small, small_mask = synth_view(TEST_SUBJECTS[0], 0.0, size=128)
-    with torch.no_grad():
-        g = demo(small[None], small_mask[None])[0]
+    g, image, mask = frontal_head_at_224(demo)
     at = {yaw: photo_midline(g, Pose(yaw, 0.0).viewmat, image, mask) for yaw in (0.0, 15.0, -15.0, 25.0)}
     assert None not in at.values(), at
     assert abs(at[0.0]) < 0.005 and at[15.0] > 0.012 and at[-15.0] < -0.012 and at[25.0] > 0.025, at
@@ -239,10 +245,7 @@ def test_align_midline_moves_the_camera_under_an_off_centre_face(demo, pixels):
     frontal synthetic head moved 12 px sideways at 224 px. Moving the camera sideways brings the photo's midline
     back onto the head's. Measured on three test subjects: midline 15.9-18.7 mm off before, within 1.3 mm after,
     the camera moved 18.7-21.2 mm the same way. Bounds: 10 mm before, 3 mm after, 12-30 mm moved."""
-    image, mask = synth_view(TEST_SUBJECTS[0], 0.0, size=224)
-    small, small_mask = synth_view(TEST_SUBJECTS[0], 0.0, size=128)
-    with torch.no_grad():
-        g = demo(small[None], small_mask[None])[0]
+    g, image, mask = frontal_head_at_224(demo)
     image, mask = torch.roll(image, pixels, dims=-1), torch.roll(mask, pixels, dims=-1)
     side = 1 if pixels > 0 else -1
     before = photo_midline(g, Pose(0.0, 0.0).viewmat, image, mask)

@@ -347,16 +347,18 @@ MIDLINE_SLOPE = 0.8
 
 
 def align_midline(gaussians: Gaussians, pose: Pose, image: Tensor, mask: Tensor, max_shift: float,
-                  backend: str = "auto", iterations: int = 4) -> tuple[Pose, float | None]:
+                  backend: str = "auto", iterations: int = 4,
+                  pixels: Tensor | None = None) -> tuple[Pose, float | None]:
     """The input camera moved sideways until the photo's face midline lands on the head's (:func:`photo_midline`
     near 0): up to ``iterations`` steps of midline / :data:`MIDLINE_SLOPE`, the shift within ``max_shift``
-    metres; a step after which the midline is no longer on the head is not taken. Returns the camera and its
-    midline (None: no face found; the camera as it was).
+    metres; a step after which the midline is no longer on the head is not taken. ``pixels``: the photo's
+    :func:`midline_pixels`, when already found. Returns the camera and its midline (None: no face found; the
+    camera as it was).
 
     Measured on real photos (the network's head, 224 px): a turned man's midline at +29.5 mm from the estimated
     camera, +11.0 with the camera 3 cm to the side, and the head's silhouette IoU with the photo's matte
     0.63 -> 0.70 with it; on the frontal astronaut both best where the midline is 0 (no shift)."""
-    pixels = midline_pixels(image, mask)
+    pixels = midline_pixels(image, mask) if pixels is None else pixels
     if pixels is None:
         return pose, None
     current = photo_midline(gaussians, pose.viewmat, image, mask, backend, pixels)
@@ -547,8 +549,11 @@ def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anch
     size = cfg.size
     img = resize_to(image, size).to(device)[None]
     msk = resize_to(mask, size).to(device)[None]
-    if cfg.max_camera_shift > 0 and pose.method != "given":
-        pose, _ = align_midline(gaussians, pose, img[0], msk[0], cfg.max_camera_shift, backend)
+    # Face Mesh runs once: the camera's alignment and the mirror's plane read the same midline landmarks.
+    align = cfg.max_camera_shift > 0 and pose.method != "given"
+    pixels = midline_pixels(img[0], msk[0]) if align or cfg.symmetry else None
+    if align and pixels is not None:
+        pose, _ = align_midline(gaussians, pose, img[0], msk[0], cfg.max_camera_shift, backend, pixels=pixels)
     vm = pose.viewmat.to(device)
     K = camera_K(size).to(device)[None]
 
@@ -586,7 +591,7 @@ def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anch
     if cfg.symmetry and geometry:
         # Mirrored through the photo's own face midline, where it lands on the head: through the head's, a
         # turned face whose nose landed 30 mm to the side was painted twice.
-        midline = photo_midline(dense, vm, img[0], msk[0], backend)
+        midline = None if pixels is None else photo_midline(dense, vm, img[0], msk[0], backend, pixels)
         if midline is not None and abs(midline) > cfg.max_midline_offset:
             warnings.append(f"the photo's face midline lands {midline * 1000:+.0f} mm from the head's (more than "
                             f"{cfg.max_midline_offset * 1000:.0f} mm): the far side of the face was not mirrored")

@@ -1,5 +1,6 @@
 """The fast CPU compositor must agree with the dense reference, values and gradients."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -129,6 +130,38 @@ def test_non_finite_parameters_are_refused(name):
     broken[name].view(-1)[3] = float("inf")
     with pytest.raises(ValueError, match="NaN or infinite"):
         rasterize(Gaussians(**broken), viewmats, Ks, w, h)
+
+
+def test_finite_parameters_whose_sum_overflows_are_not_refused():
+    # check_finite first tests each parameter's sum; a sum that overflows must not be taken for an inf entry
+    g = random_gaussians(10)
+    big = g.tensors()
+    big["sh"] = big["sh"].clone()
+    big["sh"].view(-1)[:4] = 3e38
+    Gaussians(**big).check_finite()
+    big["sh"].view(-1)[5] = float("-inf")
+    with pytest.raises(ValueError, match="sh has 1 NaN"):
+        Gaussians(**big).check_finite()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_depth_order_is_a_stable_sort_per_camera(dtype):
+    # the cpu backend's radix sort of the depths' bits must order like numpy's stable argsort, ties included
+    from perchead.render.cpu import _depth_order
+
+    rng = np.random.default_rng(0)
+    n_cams, n = 3, 500
+    depths = rng.uniform(0.02, 40.0, (n_cams, n)).astype(dtype)
+    depths[:, ::7] = depths[:, 3:4]  # ties
+    depths[1] = np.round(depths[1], 1)  # many ties
+    keep = rng.random((n_cams, n)) > 0.2
+    keep[2] = False  # a camera that sees nothing
+    order, order_cam = _depth_order(depths.reshape(-1).view(np.uint32 if dtype == np.float32 else np.uint64),
+                                    keep.reshape(-1), n_cams)
+    expected = [c * n + np.flatnonzero(keep[c])[np.argsort(depths[c][keep[c]], kind="stable")]
+                for c in range(n_cams)]
+    np.testing.assert_array_equal(order, np.concatenate(expected))
+    np.testing.assert_array_equal(order_cam, np.repeat(np.arange(n_cams), [len(e) for e in expected]))
 
 
 def test_batched_gaussians_render_like_separate_calls():

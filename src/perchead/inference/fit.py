@@ -59,8 +59,9 @@ class FitDivergedError(RuntimeError):
 
 @dataclass
 class FitConfig:
-    """How the network's head is fitted to the photo. Every field is a ``perchead reconstruct --fit-*`` option;
-    ``steps=0`` gives the paper's pure feed-forward result."""
+    """How the network's head is fitted to the photo (``steps``, ``size``, ``num_gaussians``, ``lr`` and
+    ``symmetry`` are ``perchead reconstruct --fit-*`` options); ``steps=0`` gives the paper's pure feed-forward
+    result."""
 
     steps: int = 60
     """optimisation steps (0: no fitting, the network's Gaussians as they are)"""
@@ -100,6 +101,13 @@ class FitConfig:
     ``free_scale_growth``: the template ends at the neck, and the photo's matte goes on into the shoulders and
     clothes, which the input view must still match"""
     free_scale_growth: float = 100.0
+    free_min_outside: float = 0.15
+    """the free regions are freed only when at least this share of the photo's matte lies outside the predicted
+    head's silhouette from the input camera (shoulders, clothes: 21-31% on the package-shipped portraits it was
+    tuned on); a matte that ends where the head does (a tight crop, a synthetic head: 0-11%) has nothing for
+    them to reach, and freed there they smeared earrings and collars into streaks at +-45 degrees and cost
+    0.16-0.29 dB from 30 degrees round to the back on held-out synthetic heads (docs/reconstruct.md). 0:
+    always freed"""
     grazing_cos: float = 0.35
     """Gaussians whose template normal makes a cosine below this with the ray to the camera keep their
     opacity (seen edge-on, the photo's silhouette would fade or thicken what the profiles see face-on)"""
@@ -148,6 +156,8 @@ class FitConfig:
             unknown = [r for r in getattr(self, name) if r not in REGION_NAMES]
             if unknown:
                 raise ValueError(f"{name} must be among {REGION_NAMES}, got {unknown}")
+        if not 0.0 <= self.free_min_outside <= 1.0:
+            raise ValueError(f"free_min_outside is a share of the matte, in [0, 1]; got {self.free_min_outside}")
         if not (self.max_scale_growth >= 1 and self.free_scale_growth >= 1) or self.novel_size < 16:
             raise ValueError(f"need max_scale_growth >= 1 and novel_size >= 16, got {self.max_scale_growth} "
                              f"and {self.novel_size}")
@@ -172,6 +182,10 @@ class FitResult:
     warnings: list[str] = field(default_factory=list)
     midline: float | None = None
     """:func:`photo_midline` (metres; the plane the far side was mirrored through), None when not measured"""
+    matte_outside: float = math.nan
+    """share of the photo's matte outside the predicted head's silhouette from the input camera"""
+    free_regions_freed: bool = False
+    """whether :attr:`FitConfig.free_regions` were freed (:attr:`FitConfig.free_min_outside`)"""
 
     def metadata(self, config: FitConfig) -> dict:
         hist = self.losses
@@ -185,6 +199,8 @@ class FitResult:
                 "silhouette_iou": None if math.isnan(self.silhouette_iou) else round(self.silhouette_iou, 4),
                 "geometry_fitted": self.geometry_fitted, "warnings": list(self.warnings),
                 "midline_mm": None if self.midline is None else round(self.midline * 1000, 2),
+                "matte_outside": None if math.isnan(self.matte_outside) else round(self.matte_outside, 4),
+                "free_regions_freed": self.free_regions_freed,
                 "config": {k: v for k, v in asdict(config).items()}}
 
 
@@ -577,6 +593,10 @@ def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anch
         novel_K = camera_K(cfg.novel_size).to(device)[None]
         share, alpha = render_features(dense, free[:, None].float(), vm[None], K, size, size, backend=backend)
         iou = head_iou(alpha[0, ..., 0], share[0, ..., 0] / alpha[0, ..., 0].clamp_min(1e-6), msk[0, 0])
+        matte = msk[0, 0] > 0.5
+        outside = float((matte & (alpha[0, ..., 0] < 0.5)).sum() / matte.sum().clamp_min(1))
+    if outside < cfg.free_min_outside:
+        free = torch.zeros_like(free)  # nothing beyond the head for them to reach: fitted as the head is
     warnings: list[str] = []
     geometry = iou >= cfg.min_silhouette_iou
     if not geometry:
@@ -670,7 +690,7 @@ def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anch
 
     fitted, losses, l1s = optimise(params, trust, total_loss, cfg, anchors is not None, progress, after_step)
     return FitResult(fitted, pose, cfg.steps, losses, l1s, time.perf_counter() - start,
-                     float((seen > 0.5).float().mean()), iou, geometry, warnings, midline)
+                     float((seen > 0.5).float().mean()), iou, geometry, warnings, midline, outside, bool(free.any()))
 
 
 @dataclass

@@ -41,6 +41,9 @@ _FAST = {"reassoc", "contract", "nsz", "arcp"}
 # Per-Gaussian screen-space parameters, packed into one row so that a tile reads one cache line per entry.
 _MX, _MY, _CA, _CB, _CC, _OP = range(6)
 _PACK = 8
+# Per-row binning terms: the shrunk box's half-widths, then _row_reach's ellipse terms.
+_EX, _EY, _RY, _RAK, _RDET, _RLM = range(6)
+_N_EXTENTS = 6
 
 
 # The kernels' constants, passed as an array of the kernels' dtype: numba types a Python float literal as
@@ -86,10 +89,10 @@ def _bin_tiles(packed, extents, order, order_cam, n_cams, tile_size, tiles_x, ti
             g = order[k]
             mx, my = packed[g, _MX], packed[g, _MY]
             # Pixel u has its centre at u + 0.5; one extra pixel of margin absorbs float rounding at the rim.
-            x0 = max(int(math.floor((mx - extents[g, 0] - 1.5) / tile_size)), 0)
-            x1 = min(int(math.floor((mx + extents[g, 0] + 0.5) / tile_size)), tiles_x - 1)
-            y0 = max(int(math.floor((my - extents[g, 1] - 1.5) / tile_size)), 0)
-            y1 = min(int(math.floor((my + extents[g, 1] + 0.5) / tile_size)), tiles_y - 1)
+            x0 = max(int(math.floor((mx - extents[g, _EX] - 1.5) / tile_size)), 0)
+            x1 = min(int(math.floor((mx + extents[g, _EX] + 0.5) / tile_size)), tiles_x - 1)
+            y0 = max(int(math.floor((my - extents[g, _EY] - 1.5) / tile_size)), 0)
+            y1 = min(int(math.floor((my + extents[g, _EY] + 0.5) / tile_size)), tiles_y - 1)
             rects[k, 0], rects[k, 1], rects[k, 2], rects[k, 3] = x0, x1, y0, y1
             total += max(0, x1 - x0 + 1) * max(0, y1 - y0 + 1)
         n_cand[ch + 1] = total
@@ -132,6 +135,82 @@ def _bin_tiles(packed, extents, order, order_cam, n_cams, tile_size, tiles_x, ti
     return offsets, ids
 
 
+@njit(parallel=True, cache=True)
+def _pack_rows(means2d, conics, opacities, box, valid, packed, extents, keep):
+    """Fill ``packed`` (mean, conic, opacity per (camera, Gaussian) row) and ``extents`` (the 3-sigma box's
+    half-widths shrunk to the opacity's reach, and the ellipse terms of :func:`_row_reach`); ``keep``: valid
+    and reaching a pixel."""
+    n = opacities.shape[0]
+    for r in prange(packed.shape[0]):
+        opac = opacities[r % n]
+        reach = min(SIGMA_CUTOFF, math.log(max(opac, 1e-30) / ALPHA_MIN))
+        keep[r] = valid[r] and reach >= 0.0
+        # (1 + 1e-4): float rounding of the ratio must not cut a rim pixel; the box keeps its 1-px margin too
+        shrink = math.sqrt(max(reach, 0.0) / SIGMA_CUTOFF) * (1.0 + 1e-4)
+        packed[r, _MX], packed[r, _MY] = means2d[r, 0], means2d[r, 1]
+        packed[r, _CA], packed[r, _CB], packed[r, _CC] = conics[r, 0], conics[r, 1], conics[r, 2]
+        packed[r, _OP] = opac
+        packed[r, 6] = packed[r, 7] = 0.0
+        extents[r, _EX], extents[r, _EY] = box[r, 0] * shrink, box[r, 1] * shrink
+        # The shrunk ellipse a dx^2 + 2 b dx dy + c dy^2 <= k, for _row_reach: its half-height, a k, the
+        # determinant and the y of its leftmost point, computed once instead of once per row of tiles.
+        a, b, c = np.float64(conics[r, 0]), np.float64(conics[r, 1]), np.float64(conics[r, 2])
+        k = 2.0 * SIGMA_CUTOFF * shrink * shrink * 1.0001
+        det = a * c - b * b
+        if det <= 0.0 or a <= 0.0:
+            extents[r, _RY] = -1.0
+        else:
+            extents[r, _RY] = math.sqrt(k * a / det)
+            extents[r, _RLM] = b * math.sqrt(k * c / det) / c
+        extents[r, _RAK], extents[r, _RDET] = a * k, det
+
+
+@njit(parallel=True, cache=True)
+def _depth_order(keys, keep, n_cams):
+    """Each camera's kept rows (row = camera * N + Gaussian) in stable ascending order of ``keys`` (the depths'
+    bits as unsigned integers), camera after camera, and the camera of each entry.
+
+    A least-significant-byte-first radix sort: stable by construction, linear, and a pass whose byte is the same
+    for every key (the exponent's, for a head's narrow range of depths) is skipped. Cameras run in parallel.
+    """
+    n = keys.shape[0] // n_cams
+    n_bytes = keys.itemsize
+    counts = np.zeros(n_cams + 1, np.int64)
+    for c in prange(n_cams):
+        counts[c + 1] = keep[c * n:(c + 1) * n].sum()
+    starts = np.cumsum(counts)
+    order = np.empty(starts[-1], np.int64)
+    order_cam = np.empty(starts[-1], np.int64)
+    for c in prange(n_cams):
+        m = starts[c + 1] - starts[c]
+        src = np.empty(m, np.int64)
+        dst = np.empty(m, np.int64)
+        k_src = np.empty(m, np.uint64)
+        k_dst = np.empty(m, np.uint64)
+        hist = np.zeros((n_bytes, 257), np.int64)
+        i = 0
+        for r in range(c * n, (c + 1) * n):
+            if keep[r]:
+                key = np.uint64(keys[r])
+                src[i], k_src[i] = r, key
+                for b in range(n_bytes):
+                    hist[b, np.int64((key >> np.uint64(8 * b)) & np.uint64(255)) + 1] += 1
+                i += 1
+        for b in range(n_bytes):
+            if hist[b].max() == m:
+                continue  # every key has the same byte here: the pass would not move anything
+            pos = np.cumsum(hist[b, :256])
+            for i in range(m):
+                d = np.int64((k_src[i] >> np.uint64(8 * b)) & np.uint64(255))
+                dst[pos[d]], k_dst[pos[d]] = src[i], k_src[i]
+                pos[d] += 1
+            src, dst = dst, src
+            k_src, k_dst = k_dst, k_src
+        order[starts[c]:starts[c + 1]] = src
+        order_cam[starts[c]:starts[c + 1]] = c
+    return order, order_cam
+
+
 @njit(inline="always", cache=True)
 def _row_reach(packed, extents, g, ty, tile_size, x0, x1):
     """The tiles [lo, hi] of tile row ty (within the box's columns x0..x1) that row g's ellipse reaches.
@@ -142,23 +221,20 @@ def _row_reach(packed, extents, g, ty, tile_size, x0, x1):
     The slice's left edge is convex in y and its right edge concave, so their extremes over the band lie at the
     ellipse's leftmost / rightmost points when the band holds them, else at the band's nearer end.
     """
-    mx, my = packed[g, _MX], packed[g, _MY]
-    a, b, c = packed[g, _CA], packed[g, _CB], packed[g, _CC]
-    shrink = extents[g, 2]
-    k = 2.0 * SIGMA_CUTOFF * shrink * shrink * 1.0001  # a dx^2 + 2 b dx dy + c dy^2 <= k
-    det = a * c - b * b
-    if det <= 0.0 or a <= 0.0:
+    ey = extents[g, _RY]
+    if ey < 0.0:
         return x0, x1  # not an ellipse (cannot happen for a valid Gaussian): keep the whole box
-    ey = math.sqrt(k * a / det)
+    mx, my = packed[g, _MX], packed[g, _MY]
     ly = max(ty * tile_size - 0.5 - my, -ey)
     hy = min(ty * tile_size + tile_size + 0.5 - my, ey)
     if ly > hy:
         return 1, 0  # the band misses the ellipse
-    ex = math.sqrt(k * c / det)
-    y_left = min(max(b * ex / c, ly), hy)  # the leftmost point is (-ex, b ex / c)
-    y_right = min(max(-b * ex / c, ly), hy)  # the rightmost (ex, -b ex / c)
-    xl = (-b * y_left - math.sqrt(max(a * k - det * y_left * y_left, 0.0))) / a
-    xr = (-b * y_right + math.sqrt(max(a * k - det * y_right * y_right, 0.0))) / a
+    a, b = packed[g, _CA], packed[g, _CB]
+    ak, det, y_lm = extents[g, _RAK], extents[g, _RDET], extents[g, _RLM]
+    y_left = min(max(y_lm, ly), hy)  # the leftmost point is (-ex, b ex / c)
+    y_right = min(max(-y_lm, ly), hy)  # the rightmost (ex, -b ex / c)
+    xl = (-b * y_left - math.sqrt(max(ak - det * y_left * y_left, 0.0))) / a
+    xr = (-b * y_right + math.sqrt(max(ak - det * y_right * y_right, 0.0))) / a
     # tile tx's widened pixel centres span [tx * ts - 0.5, tx * ts + ts + 0.5]
     lo = max(int(math.ceil((mx + xl - 0.5) / tile_size)) - 1, x0)
     hi = min(int(math.floor((mx + xr + 0.5) / tile_size)), x1)
@@ -354,33 +430,22 @@ class _TileBins:
         self.width, self.height, self.tile_size = width, height, tile_size
         self.tiles_x = (width + tile_size - 1) // tile_size
         self.tiles_y = (height + tile_size - 1) // tile_size
-        means2d = proj.means2d.detach().cpu().reshape(-1, proj.means2d.shape[-2], 2)
-        n_cams, n = means2d.shape[:2]
+        n_cams, n = (1, proj.means2d.shape[0]) if proj.means2d.ndim == 2 else proj.means2d.shape[:2]
         self.n_cams = n_cams
         # A pixel counts iff opacity * exp(-sigma) >= ALPHA_MIN and sigma <= SIGMA_CUTOFF, i.e. sigma <=
         # min(SIGMA_CUTOFF, ln(opacity / ALPHA_MIN)): a faint Gaussian reaches less far than 3 sigma (gsplat's
         # opacity-aware radius), and one below ALPHA_MIN nowhere. Binning to that smaller ellipse skips only
         # pixels the kernels would skip anyway, so images and gradients are unchanged; fitted heads, whose
         # densified children are faint, render faster.
-        opac = opacities.detach().cpu().numpy().astype(np.float64)
-        reach = np.minimum(SIGMA_CUTOFF, np.log(np.maximum(opac, 1e-30) / ALPHA_MIN))
-        valid = proj.valid.detach().cpu().numpy().reshape(n_cams, n) & (reach >= 0.0)
-        depths = proj.depths.detach().cpu().numpy().reshape(n_cams, n)
-        orders = []
-        for c in range(n_cams):
-            idx = np.flatnonzero(valid[c])
-            orders.append(c * n + idx[np.argsort(depths[c, idx], kind="stable")])
-        order = np.concatenate(orders).astype(np.int64)
-        order_cam = np.repeat(np.arange(n_cams, dtype=np.int64), [len(o) for o in orders])
-        packed = np.zeros((n_cams * n, _PACK), dtype)
-        packed[:, _MX:_MY + 1] = means2d.reshape(-1, 2).numpy()
-        packed[:, _CA:_CC + 1] = proj.conics.detach().cpu().reshape(-1, 3).numpy()
-        packed[:, _OP] = np.tile(opacities.detach().cpu().numpy(), n_cams)
-        # (1 + 1e-4): float rounding of the ratio must not cut a rim pixel; the box keeps its 1-px margin too
-        shrink = np.tile(np.sqrt(np.clip(reach, 0.0, None) / SIGMA_CUTOFF) * (1.0 + 1e-4), n_cams)
-        extents = np.empty((n_cams * n, 3), np.float64)
-        extents[:, :2] = proj.extents.detach().cpu().reshape(-1, 2).numpy() * shrink[:, None]
-        extents[:, 2] = shrink
+        packed = np.empty((n_cams * n, _PACK), dtype)
+        extents = np.empty((n_cams * n, _N_EXTENTS), np.float64)
+        keep = np.empty(n_cams * n, np.bool_)
+        _pack_rows(_np(proj.means2d, dtype).reshape(-1, 2), _np(proj.conics, dtype).reshape(-1, 3),
+                   _np(opacities, np.float64), _np(proj.extents, np.float64).reshape(-1, 2),
+                   _np(proj.valid, np.bool_).reshape(-1), packed, extents, keep)
+        # Depths are > near > 0 where valid, so their bit patterns sort as unsigned integers do.
+        depths = _np(proj.depths, dtype).reshape(-1)
+        order, order_cam = _depth_order(depths.view(np.uint32 if dtype == np.float32 else np.uint64), keep, n_cams)
         self.packed = packed
         self.consts = np.array(_CONSTS, dtype)
         self.offsets, self.ids = _bin_tiles(packed, extents, order, order_cam, n_cams, tile_size, self.tiles_x,

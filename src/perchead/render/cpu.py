@@ -343,11 +343,13 @@ def _backward(packed, k, offsets, ids, tile_order, width, height, tile_size, til
         inv_1m = np.empty(n_pix, dtype)
         d_alpha = np.empty(n_pix, dtype)
         gauss_live = np.empty(n_pix, dtype)
+        has_grad = np.empty(n_feat, np.bool_)
         for i in range(th, tile_order.shape[0], n_threads):
             tile = tile_order[i]
             start = offsets[tile]
             cam, tx0, ty0 = _tile_pixels(tile, tiles_x, height, tile_size, pxs, pys)
             n_max = 0
+            has_grad[:] = False
             for p in range(n_pix):
                 px, py = tx0 + p % tile_size, ty0 + p // tile_size
                 if px < width and py < height:
@@ -356,6 +358,7 @@ def _backward(packed, k, offsets, ids, tile_order, width, height, tile_size, til
                     used[p] = out_n[cam, py, px]
                     for f in range(n_feat):
                         gf[f, p] = grad_feat[cam, py, px, f]
+                        has_grad[f] = has_grad[f] or gf[f, p] != zero
                 else:
                     trans[p], ga_t[p], used[p] = one, zero, 0
                 n_max = max(n_max, used[p])
@@ -387,6 +390,8 @@ def _backward(packed, k, offsets, ids, tile_order, width, height, tile_size, til
                 if n_hit == 0:
                     continue
                 for f in range(n_feat):
+                    if not has_grad[f]:
+                        continue  # a channel no loss reads here (depth, mostly) adds nothing to any gradient
                     v = feats[g, f]
                     g_f = zero
                     for p in range(n_pix):

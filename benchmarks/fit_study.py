@@ -1,0 +1,124 @@
+"""The fit of ``perchead reconstruct`` on held-out synthetic heads: PSNR per target |yaw| bucket for the network
+alone and for each fit, and each fitted minus the network (the tables of docs/reconstruct.md, "From every side").
+
+    python benchmarks/fit_study.py --rows OUT/rows.csv       # a `perchead eval ... --fit-steps 60` run's rows
+    python benchmarks/fit_study.py --data DATA --subjects 4 [--offset 0] \\
+        --variant default='{}' --variant nofree='{"free_regions": []}' [--true-camera default]
+
+Buckets: those of :mod:`perchead.eval.reads_input` (0-30, 30-60, 60-105, 105-150, 150-180); rows of the
+``novel`` group (frontal inputs), each (subject, input, target, method) once. ``--variant NAME=JSON`` fits with
+``FitConfig(**JSON)`` (the camera estimated from the image, as for a photo; ``--true-camera NAME``: that variant
+is given the input view's own camera instead); each variant's line below the table gives the range of its fits'
+``matte_outside`` (the share of the input's matte outside the network's silhouette).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+
+def table(rows: list[dict], methods: list[str]) -> str:
+    from perchead.eval.reads_input import summarise_yaw
+
+    seen, picked = set(), []
+    for r in rows:
+        key = (r["subject"], r["input"], r["target"], r["method"])
+        if r["group"] == "novel" and r["method"] in methods and key not in seen:
+            seen.add(key)
+            picked.append({"method": r["method"], "yaw": float(r["target_yaw_deg"]), "psnr": float(r["psnr"])})
+    cells = {(s["bucket"], s["method"]): s for s in summarise_yaw(picked)}
+    net, fits = methods[0], [m for m in methods[1:] if m.endswith("_fitted")]
+    lines = ["| target abs(yaw) | images | " + " | ".join(methods) + " | " + " | ".join(f"{m} - {net}" for m in fits)
+             + " |", "|---|---:|" + "---:|" * (len(methods) + len(fits))]
+    for bucket in dict.fromkeys(b for b, _ in cells):
+        psnr = {m: cells[(bucket, m)]["psnr"] for m in methods if (bucket, m) in cells}
+        lines.append(f"| {bucket} | {cells[(bucket, net)]['images']} | "
+                     + " | ".join(f"{psnr.get(m, math.nan):.2f}" for m in methods) + " | "
+                     + " | ".join(f"{psnr.get(m, math.nan) - psnr[net]:+.2f}" for m in fits) + " |")
+    return "\n".join(lines)
+
+
+def run_variants(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
+    import torch
+
+    from perchead.data import read_dataset
+    from perchead.eval.harness import EvalConfig, FittedMethod, ModelMethod, eval_subjects, evaluate
+    from perchead.eval.metrics import MetricSuite
+    from perchead.inference.fit import FitConfig, fit_to_photo, template_inputs
+    from perchead.inference.pose import Pose
+    from perchead.model import PercHead
+    from perchead.render import rasterize
+
+    class Recorded(FittedMethod):
+        """perchead eval's fitted method, keeping each fit's matte_outside; optionally given the true camera."""
+
+        def __init__(self, name: str, model: PercHead, fit: FitConfig, true_camera: bool) -> None:
+            super().__init__(name, model, fit)
+            self.true_camera, self.outside = true_camera, []
+
+        def render(self, image, mask, viewmats, Ks, size, backend, input_camera=None):
+            with torch.no_grad():
+                g = self.model(image, mask)
+            out = []
+            for b in range(image.shape[0]):
+                pose = None
+                if self.true_camera:  # the input view's orbit camera (the synthetic views are orbit cameras)
+                    c = -input_camera[0][b][:3, :3].T @ input_camera[0][b][:3, 3]
+                    pose = Pose(math.degrees(math.atan2(float(c[0]), float(c[2]))),
+                                math.degrees(math.atan2(float(c[1]), math.hypot(float(c[0]), float(c[2])))), "given")
+                result = fit_to_photo(g[b], image[b], mask[b], self.fit, backend=backend, pose=pose,
+                                      **template_inputs(self.model))
+                self.outside.append(result.matte_outside)
+                with torch.no_grad():
+                    out.append(rasterize(result.gaussians, viewmats[b], Ks[b], size, size, backend=backend)
+                               .rgb.permute(0, 3, 1, 2))
+            return {self.names[0]: torch.stack(out).clamp(0, 1)}
+
+    model = PercHead.from_pretrained(args.checkpoint).eval()
+    methods = [ModelMethod("network", model, False)]
+    for spec in args.variant:
+        name, _, kw = spec.partition("=")
+        methods.append(Recorded(name, model, FitConfig(**json.loads(kw or "{}")), name in args.true_camera))
+    data = read_dataset(args.data)
+    subjects = eval_subjects(data, EvalConfig())[args.offset:args.offset + args.subjects]
+    suite = MetricSuite(["psnr"])
+    evaluate(methods, data, EvalConfig(subjects=tuple(s.id for s in subjects)), suite, progress=True)
+    for m, spec in zip(methods[1:], args.variant, strict=True):
+        print(f"{m.names[0]} ({spec}{', the true camera' if m.true_camera else ''}): matte_outside "
+              f"{min(m.outside):.3f}-{max(m.outside):.3f} over {len(m.outside)} fits")
+    print(f"subjects: {', '.join(s.id for s in subjects)}")
+    return suite.rows, [n for m in methods for n in m.names]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=Path, help="rows.csv of a `perchead eval --fit-steps N` run: print its table")
+    ap.add_argument("--data", type=Path, help="a synthetic dataset (its test split's subjects are fitted)")
+    ap.add_argument("--checkpoint", default="src/perchead/assets/demo")
+    ap.add_argument("--subjects", type=int, default=4)
+    ap.add_argument("--offset", type=int, default=0, help="skip this many test subjects first")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
+                    help="a fit: FitConfig fields as JSON ('{}': the defaults); repeatable")
+    ap.add_argument("--true-camera", nargs="*", default=[], metavar="NAME", help="variants given the true camera")
+    args = ap.parse_args()
+    if args.rows:
+        with open(args.rows, newline="") as f:
+            rows = list(csv.DictReader(f))
+        methods = list(dict.fromkeys(r["method"] for r in rows))
+        base = next(m for m in methods if not m.endswith(("_fitted", "_sharpened")) and m != "template_mean_colour")
+        methods = [base, *[m for m in methods if m != base]]
+    elif args.data and args.variant:
+        rows, methods = run_variants(args)
+    else:
+        ap.error("give --rows, or --data with at least one --variant")
+    print(table(rows, methods))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -160,7 +160,12 @@ def main() -> None:
     ap.add_argument("--reconstruct-minutes", type=float, default=None)
     ap.add_argument("--sharpen-minutes", type=float, default=None)
     ap.add_argument("--skip-eval", action="store_true", help="stop after training (no eval, no card)")
+    ap.add_argument("--key-light-yaw", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
+                    help="a study: the studio key light's |yaw| range instead of DATA's (docs/results.md, "
+                         "\"A narrower range\"); give it its own --work and --assets")
     args = ap.parse_args()
+    if args.key_light_yaw is not None:
+        DATA["key_light_yaw"] = tuple(args.key_light_yaw)
     work, assets = args.work.resolve(), args.assets.resolve()
     os.chdir(REPO)  # the commands and the paths below are relative to the repository
     work.mkdir(parents=True, exist_ok=True)

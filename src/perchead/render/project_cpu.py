@@ -76,9 +76,10 @@ def _camera_terms(means, viewmats, Ks, i, c, width, height, near, far):
     return x, y, z, zs, in_depth, tx, ty, clamp_x, clamp_y, fx, fy, cx, cy
 
 
-# A plain call, not inline="always": numba's parfor array analysis rejects its nested tuples once inlined into the
-# prange loops (the call costs ~0.4 ms per forward+backward of 65,536 Gaussians, under 1% of a render).
-@njit(cache=True)
+# Inlined into the prange loops, where a plain call per Gaussian and camera took about a quarter of the projection
+# kernels' time: its result is one flat tuple, since numba's parfor array analysis rejects nested tuples once
+# inlined.
+@njit(inline="always", cache=True)
 def _covar2d(v, fx, fy, zs, tx, ty, s, eps2d):
     """The 2D covariance T S T^T + eps2d I with T = J R (J the EWA Jacobian at the clamped point, R the view
     rotation of ``v``, S the upper triangle ``s`` of the 3D covariance). Returns T's six entries (row 0, row 1),
@@ -102,7 +103,7 @@ def _covar2d(v, fx, fy, zs, tx, ty, s, eps2d):
     a = t00 * u00 + t01 * u10 + t02 * u20 + eps2d
     b = t00 * u01 + t01 * u11 + t02 * u21
     cc = t10 * u01 + t11 * u11 + t12 * u21 + eps2d
-    return (t00, t01, t02, t10, t11, t12), (u00, u10, u20, u01, u11, u21), a, b, cc
+    return t00, t01, t02, t10, t11, t12, u00, u10, u20, u01, u11, u21, a, b, cc
 
 
 @njit(parallel=True, fastmath=_FAST, cache=True)
@@ -116,7 +117,8 @@ def _project_fwd(means, quats, scales, viewmats, Ks, width, height, near, far, e
         for c in range(n_cams):
             x, y, z, zs, in_depth, tx, ty, _, _, fx, fy, cx, cy = _camera_terms(
                 means, viewmats, Ks, i, c, width, height, near, far)
-            _, _, a, b, cc = _covar2d(viewmats[c], fx, fy, zs, tx, ty, cov3, eps2d)
+            cov2 = _covar2d(viewmats[c], fx, fy, zs, tx, ty, cov3, eps2d)
+            a, b, cc = cov2[12], cov2[13], cov2[14]
             det = a * cc - b * b
             ok_det = det > 1e-12
             det_safe = det if ok_det else 1.0
@@ -148,9 +150,8 @@ def _project_bwd(means, quats, scales, viewmats, Ks, width, height, near, far, e
             x, y, z, zs, in_depth, tx, ty, clamp_x, clamp_y, fx, fy, cx, cy = _camera_terms(
                 means, viewmats, Ks, i, c, width, height, near, far)
             v = viewmats[c]
-            t, u, a, b, cc = _covar2d(v, fx, fy, zs, tx, ty, cov3, eps2d)
-            t00, t01, t02, t10, t11, t12 = t
-            u00, u10, u20, u01, u11, u21 = u
+            t00, t01, t02, t10, t11, t12, u00, u10, u20, u01, u11, u21, a, b, cc = _covar2d(
+                v, fx, fy, zs, tx, ty, cov3, eps2d)
             det = a * cc - b * b
             # conic = (cc, -b, a) / det; a culled determinant took det_safe = 1, a constant
             ga, gb, gc = g_conics[c, i, 0], g_conics[c, i, 1], g_conics[c, i, 2]

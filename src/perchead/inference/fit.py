@@ -108,6 +108,11 @@ class FitConfig:
     them to reach, and freed there they smeared earrings and collars into streaks at +-45 degrees and cost
     0.16-0.29 dB from 30 degrees round to the back on held-out synthetic heads (docs/reconstruct.md). 0:
     always freed"""
+    free_min_facing: float = -0.3
+    """of the free regions, only the Gaussians whose template normal makes a cosine above this with the ray to
+    the input camera are freed (the front and the sides of the neck); the back of the neck, which no photo
+    shows, is fitted as the head is: freed, it reached round for the shirt and tie and showed them from behind
+    and from the side as coloured streaks down the neck (docs/reconstruct.md). -1: the whole region"""
     grazing_cos: float = 0.35
     """Gaussians whose template normal makes a cosine below this with the ray to the camera keep their
     opacity (seen edge-on, the photo's silhouette would fade or thicken what the profiles see face-on)"""
@@ -156,6 +161,8 @@ class FitConfig:
             unknown = [r for r in getattr(self, name) if r not in REGION_NAMES]
             if unknown:
                 raise ValueError(f"{name} must be among {REGION_NAMES}, got {unknown}")
+        if not -1.0 <= self.free_min_facing <= 1.0:
+            raise ValueError(f"free_min_facing is a cosine, in [-1, 1]; got {self.free_min_facing}")
         if not 0.0 <= self.free_min_outside <= 1.0:
             raise ValueError(f"free_min_outside is a share of the matte, in [0, 1]; got {self.free_min_outside}")
         if not (self.max_scale_growth >= 1 and self.free_scale_growth >= 1) or self.novel_size < 16:
@@ -587,6 +594,7 @@ def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anch
     if regions is not None and cfg.free_regions:
         ids = torch.tensor([REGION_NAMES.index(r) for r in cfg.free_regions], device=device)
         free = torch.isin(regions.to(device)[parents], ids)
+        free = free & ((normal * to_camera).sum(-1) > cfg.free_min_facing)
 
     with torch.no_grad():
         novel_vms = turned_viewmats(vm, NOVEL_YAWS)

@@ -44,15 +44,12 @@ def table(rows: list[dict], methods: list[str]) -> str:
 
 
 def run_variants(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
-    import torch
-
     from perchead.data import read_dataset
     from perchead.eval.harness import EvalConfig, FittedMethod, ModelMethod, eval_subjects, evaluate
     from perchead.eval.metrics import MetricSuite
     from perchead.inference.fit import FitConfig, fit_to_photo, template_inputs
-    from perchead.inference.pose import Pose
+    from perchead.inference.pose import Pose, centre_angles
     from perchead.model import PercHead
-    from perchead.render import rasterize
 
     class Recorded(FittedMethod):
         """perchead eval's fitted method, keeping each fit's matte_outside; optionally given the true camera."""
@@ -61,23 +58,14 @@ def run_variants(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
             super().__init__(name, model, fit)
             self.true_camera, self.outside = true_camera, []
 
-        def render(self, image, mask, viewmats, Ks, size, backend, input_camera=None):
-            with torch.no_grad():
-                g = self.model(image, mask)
-            out = []
-            for b in range(image.shape[0]):
-                pose = None
-                if self.true_camera:  # the input view's orbit camera (the synthetic views are orbit cameras)
-                    c = -input_camera[0][b][:3, :3].T @ input_camera[0][b][:3, 3]
-                    pose = Pose(math.degrees(math.atan2(float(c[0]), float(c[2]))),
-                                math.degrees(math.atan2(float(c[1]), math.hypot(float(c[0]), float(c[2])))), "given")
-                result = fit_to_photo(g[b], image[b], mask[b], self.fit, backend=backend, pose=pose,
-                                      **template_inputs(self.model))
-                self.outside.append(result.matte_outside)
-                with torch.no_grad():
-                    out.append(rasterize(result.gaussians, viewmats[b], Ks[b], size, size, backend=backend)
-                               .rgb.permute(0, 3, 1, 2))
-            return {self.names[0]: torch.stack(out).clamp(0, 1)}
+        def fit_input(self, gaussians, image, mask, input_viewmat, backend):
+            pose = None
+            if self.true_camera:  # the input view's orbit camera (the synthetic views are orbit cameras)
+                pose = Pose(*centre_angles(-input_viewmat[:3, :3].T @ input_viewmat[:3, 3]), "given")
+            result = fit_to_photo(gaussians, image, mask, self.fit, backend=backend, pose=pose,
+                                  **template_inputs(self.model))
+            self.outside.append(result.matte_outside)
+            return result
 
     model = PercHead.from_pretrained(args.checkpoint).eval()
     methods = [ModelMethod("network", model, False)]

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from perchead.data.format import HeadDataset, SubjectRecord, load_view, read_dataset
 from perchead.geometry import Gaussians
-from perchead.inference.fit import FitConfig, fit_to_photo, template_inputs
+from perchead.inference.fit import FitConfig, FitResult, fit_to_photo, template_inputs
 from perchead.model import HeadTemplate, PercHead
 from perchead.model.lifting import batch_input_camera
 from perchead.render import rasterize
@@ -170,12 +170,18 @@ class FittedMethod(Method):
             g = self.model(image, mask)
         out = []
         for b in range(image.shape[0]):
-            fitted = fit_to_photo(g[b], image[b], mask[b], self.fit, backend=backend,
-                                  **template_inputs(self.model)).gaussians
+            camera = None if input_camera is None else input_camera[0][b]
+            fitted = self.fit_input(g[b], image[b], mask[b], camera, backend).gaussians
             with torch.no_grad():
                 rgb = rasterize(fitted, viewmats[b], Ks[b], size, size, backend=backend).rgb
             out.append(rgb.permute(0, 3, 1, 2))
         return {self.names[0]: torch.stack(out).clamp(0, 1)}
+
+    def fit_input(self, gaussians: Gaussians, image: Tensor, mask: Tensor, input_viewmat: Tensor | None,
+                  backend: str) -> FitResult:
+        """One input's fit; the camera is estimated from the image, as for a photo (``input_viewmat``, the input
+        view's own camera, is for subclasses that study the fit)."""
+        return fit_to_photo(gaussians, image, mask, self.fit, backend=backend, **template_inputs(self.model))
 
 
 def mean_foreground_colour(image: Tensor, mask: Tensor) -> Tensor:

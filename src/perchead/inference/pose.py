@@ -119,10 +119,15 @@ def pose_from_landmarks(points: np.ndarray, size: int) -> Pose | None:
     if not ok or inliers is None or len(inliers) < 20:
         return None
     rot, _ = cv2.Rodrigues(rvec)
-    centre = (-rot.T @ tvec).ravel()  # camera centre in the head frame
-    yaw = math.degrees(math.atan2(centre[0], centre[2]))
-    pitch = math.degrees(math.atan2(centre[1], math.hypot(centre[0], centre[2])))
+    yaw, pitch = centre_angles((-rot.T @ tvec).ravel())
     return Pose(yaw, pitch, "landmarks", len(inliers) / len(points))
+
+
+def centre_angles(centre) -> tuple[float, float]:
+    """Yaw and pitch (degrees, :func:`~perchead.geometry.orbit_viewmats`' convention) of a camera centre (x, y, z)
+    in the head frame."""
+    x, y, z = (float(v) for v in centre)
+    return math.degrees(math.atan2(x, z)), math.degrees(math.atan2(y, math.hypot(x, z)))
 
 
 FRONTAL_TURN_DEG = (20.0, 40.0)

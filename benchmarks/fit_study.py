@@ -47,8 +47,9 @@ def run_variants(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
     from perchead.data import read_dataset
     from perchead.eval.harness import EvalConfig, FittedMethod, ModelMethod, eval_subjects, evaluate
     from perchead.eval.metrics import MetricSuite
-    from perchead.inference.fit import FitConfig, fit_to_photo, template_inputs
+    from perchead.inference.fit import FitConfig
     from perchead.inference.pose import Pose, centre_angles
+    from perchead.inference.tune import fit_network
     from perchead.model import PercHead
 
     class Recorded(FittedMethod):
@@ -62,8 +63,8 @@ def run_variants(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
             pose = None
             if self.true_camera:  # the input view's orbit camera (the synthetic views are orbit cameras)
                 pose = Pose(*centre_angles(-input_viewmat[:3, :3].T @ input_viewmat[:3, 3]), "given")
-            result = fit_to_photo(gaussians, image, mask, self.fit, backend=backend, pose=pose,
-                                  **template_inputs(self.model))
+            result = fit_network(self.model, image[None], mask[None], image, mask, self.fit, pose=pose,
+                                 gaussians=gaussians, backend=backend)
             self.outside.append(result.matte_outside)
             return result
 

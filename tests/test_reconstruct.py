@@ -112,7 +112,7 @@ def fitted_run(checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("fitted") / "out"
     fast = [a for a in FAST if a not in ("--fit-steps", "0", "--no-likeness")]
     rc = main(["reconstruct", str(PHOTO), "-o", str(out), "--checkpoint", str(checkpoint), *fast,
-               "--fit-steps", "4", "--fit-size", "48", "--fit-gaussians", "16384"])
+               "--fit-steps", "4", "--fit-size", "48", "--fit-gaussians", "16384", "--fit-tune-steps", "2"])
     return rc, out
 
 
@@ -125,6 +125,7 @@ def test_fitted_photo_writes_the_fit_and_the_likeness(fitted_run):
     fit = meta["fit"]
     assert fit["ran"] and fit["steps"] == 4 and fit["size"] == 48 and fit["num_gaussians"] == 16384
     assert fit["loss_last"] < fit["loss_first"] and fit["input_l1_after"] < fit["input_l1_before"]
+    assert fit["tune_steps"] == 2 and fit["tune_loss_first"] > 0 and fit["config"]["tune_steps"] == 2
     assert meta["num_gaussians"] == 16384 and meta["sharpened"] is False  # SHP-CNN is not run on a fit
     assert meta["times_s"]["fit"] > 0
     # A random network's head is not a face: dlib finds the photo's face, not necessarily one in the renders.

@@ -32,7 +32,8 @@ from torch import Tensor
 
 from perchead.data.format import HeadDataset, SubjectRecord, load_view, read_dataset
 from perchead.geometry import Gaussians
-from perchead.inference.fit import FitConfig, FitResult, fit_to_photo, template_inputs
+from perchead.inference.fit import FitConfig, FitResult
+from perchead.inference.tune import fit_network
 from perchead.model import HeadTemplate, PercHead
 from perchead.model.lifting import batch_input_camera
 from perchead.render import rasterize
@@ -155,15 +156,16 @@ class ModelMethod(Method):
 
 
 class FittedMethod(Method):
-    """A checkpoint's prediction fitted to the input view (:func:`perchead.inference.fit.fit_to_photo`, what
+    """A checkpoint's prediction tuned and fitted to the input view (:func:`perchead.inference.tune.fit_network`, what
     ``perchead reconstruct`` writes): the input camera estimated from the input image, no SHP-CNN."""
 
     def __init__(self, name: str, model: PercHead, fit: FitConfig, source: str = "") -> None:
         self.model, self.fit = model.eval(), fit
         self.names = (name + FITTED_SUFFIX,)
         self.image_size = model.config.image_size
-        self.description = (f"checkpoint {source or '<in-memory>'} fitted to the input view: {fit.steps} steps, "
-                            f"{fit.num_gaussians} Gaussians, {fit.size} px (perchead reconstruct's fit)")
+        tuned = f"the network tuned for {fit.tune_steps} steps, then " if fit.tune_steps else ""
+        self.description = (f"checkpoint {source or '<in-memory>'} fitted to the input view: {tuned}{fit.steps} "
+                            f"steps, {fit.num_gaussians} Gaussians, {fit.size} px (perchead reconstruct's fit)")
 
     def render(self, image, mask, viewmats, Ks, size, backend, input_camera=None):
         with torch.no_grad():
@@ -179,9 +181,11 @@ class FittedMethod(Method):
 
     def fit_input(self, gaussians: Gaussians, image: Tensor, mask: Tensor, input_viewmat: Tensor | None,
                   backend: str) -> FitResult:
-        """One input's fit; the camera is estimated from the image, as for a photo (``input_viewmat``, the input
-        view's own camera, is for subclasses that study the fit)."""
-        return fit_to_photo(gaussians, image, mask, self.fit, backend=backend, **template_inputs(self.model))
+        """One input's fit (the network tuned, then its Gaussians fitted: :func:`perchead.inference.tune.fit_network`);
+        the camera is estimated from the image, as for a photo (``input_viewmat``, the input view's own camera,
+        is for subclasses that study the fit)."""
+        return fit_network(self.model, image[None], mask[None], image, mask, self.fit, gaussians=gaussians,
+                           backend=backend)
 
 
 def mean_foreground_colour(image: Tensor, mask: Tensor) -> Tensor:

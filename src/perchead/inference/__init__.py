@@ -19,9 +19,10 @@ from .reconstruct import (
     set_threads,
     staged_output,
 )
+from .tune import fit_network, tune_network
 from .video import VIDEO_SUFFIXES, VideoResult, is_video, reconstruct_video
 
 __all__ = ["DEMO_CHECKPOINT", "PHOTO_FILES", "STAGES", "VIDEO_SUFFIXES", "FitConfig", "FitDivergedError", "FitResult",
-           "Pose", "Progress", "ReconstructConfig", "densify", "estimate_pose", "fit_to_photo",
+           "Pose", "Progress", "ReconstructConfig", "densify", "estimate_pose", "fit_network", "fit_to_photo",
            "Reconstruction", "Reconstructor", "StageTimes", "VideoResult", "is_video", "load_model",
-           "no_progress", "reconstruct_video", "set_threads", "staged_output"]
+           "no_progress", "reconstruct_video", "set_threads", "staged_output", "tune_network"]

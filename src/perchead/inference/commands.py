@@ -65,6 +65,8 @@ def reconstruct(
     turn_frames: int = 120,
     backend: Literal["auto", "cpu", "reference", "gsplat"] = "auto",
     fit_steps: int = FitConfig.steps,
+    fit_tune_steps: int = FitConfig.tune_steps,
+    fit_tune_lr: float = FitConfig.tune_lr,
     fit_size: int = FitConfig.size,
     fit_gaussians: int = FitConfig.num_gaussians,
     fit_lr: float = FitConfig.lr,
@@ -80,7 +82,8 @@ def reconstruct(
     matted input beside the front, both profiles, back, above and below), input_crop.png, input_mask.png and
     input_view.png (the head from the estimated input camera beside the matted input) and reconstruction.json;
     all of them or, on an error, none. Photos are fitted: the network's head is densified and optimised against
-    the photo from its estimated camera (--fit-steps 0: the network's prediction alone, the paper's result).
+    the photo from its estimated camera, after the network itself is tuned on the photo (--fit-steps 0: the
+    network's prediction alone, the paper's result).
     Video frames are not fitted. A folder (or several inputs) is a batch: one
     OUT/<name>/ per file; files that fail are listed at the end and the exit status is 1. A video (.mp4, .mov,
     .avi, .webm, .mkv) writes OUT/frames/<frame>.ply per reconstructed frame and OUT/side_by_side.mp4 (input
@@ -110,6 +113,9 @@ def reconstruct(
         turn_frames: videos: the rendered view turns once around the head every N output frames.
         backend: rasteriser (auto = gsplat on a CUDA GPU when installed, else the CPU kernels).
         fit_steps: photos: steps of the fit to the photo (0: none, the network's Gaussians as they are).
+        fit_tune_steps: photos: steps of tuning the network's weights on the photo before its Gaussians are
+            fitted (0: the network as trained; off by default, docs/reconstruct.md says why).
+        fit_tune_lr: Adam learning rate of that tuning.
         fit_size: side of the renders the fit compares with the photo, pixels.
         fit_gaussians: Gaussians of the fitted head (each predicted one split into children; 0: no split).
         fit_lr: multiplies every learning rate of the fit.
@@ -129,8 +135,9 @@ def reconstruct(
                                sharpen_size=sharpen_size, allow_no_face=allow_no_face, max_pixels=max_pixels,
                                backend=backend, estimate_pose=estimate_pose, likeness=likeness,
                                progress=progress,
-                               fit=FitConfig(steps=fit_steps, size=fit_size, num_gaussians=fit_gaussians,
-                                             lr=fit_lr, symmetry=fit_symmetry))
+                               fit=FitConfig(steps=fit_steps, tune_steps=fit_tune_steps, tune_lr=fit_tune_lr,
+                                             size=fit_size, num_gaussians=fit_gaussians, lr=fit_lr,
+                                             symmetry=fit_symmetry))
     # Warnings of the preprocessing are printed below, next to the photo they concern.
     logging.getLogger("perchead.preprocess").setLevel(logging.ERROR)
     rec = Reconstructor(config)

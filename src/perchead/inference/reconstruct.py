@@ -50,8 +50,9 @@ from ..io.commands import GRID_VIEWS
 from ..preprocess import PreprocessConfig, Preprocessed, preprocess_image
 from ..preprocess.io import DEFAULT_MAX_PIXELS, ImageInput
 from ..render import gsplat_available, rasterize
-from .fit import FitConfig, FitResult, fit_to_photo, template_inputs
+from .fit import FitConfig, FitResult
 from .pose import Pose, camera_K, estimate_pose
+from .tune import fit_network
 
 Progress = Callable[[float, str], None]
 """progress(fraction in [0, 1], what is happening): where long work reports to a progress bar (the app's)."""
@@ -327,7 +328,8 @@ class Reconstructor:
 
     def fit(self, gaussians: Gaussians, pre: Preprocessed,
             progress: Progress | None = None) -> tuple[Pose, FitResult | None]:
-        """The input camera and (with ``fit.steps > 0``) the Gaussians fitted to the photo."""
+        """The input camera and (with ``fit.steps`` or ``fit.tune_steps`` > 0) the Gaussians tuned and fitted to the
+        photo."""
         progress = progress or no_progress
         cfg = self.config.fit
         image = torch.from_numpy(np.array(pre.image)).permute(2, 0, 1).float() / 255.0
@@ -336,13 +338,13 @@ class Reconstructor:
         if self.config.estimate_pose:
             progress(0.18, "estimating the input camera")
             pose = estimate_pose(image, mask)
-        if cfg.steps == 0:
+        if cfg.steps == 0 and cfg.tune_steps == 0:
             return pose, None
         bar = None
         if self.config.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=cfg.steps, desc="fit", unit="step", file=sys.stderr, leave=False)
+            bar = tqdm(total=cfg.steps + cfg.tune_steps, desc="fit", unit="step", file=sys.stderr, leave=False)
 
         def step(i: int, n: int, loss: float) -> None:
             progress(0.2 + 0.25 * i / n, f"fitting the head to the photo: step {i}/{n}, loss {loss:.4f}")
@@ -351,8 +353,8 @@ class Reconstructor:
                 bar.update(1)
 
         try:
-            result = fit_to_photo(gaussians, image, mask, cfg, pose=pose, backend=self.config.backend,
-                                  progress=step, **template_inputs(self.model))
+            result = fit_network(self.model, *self.network_inputs(pre), image, mask, cfg, pose=pose,
+                                 gaussians=gaussians, backend=self.config.backend, progress=step)
         finally:
             if bar is not None:
                 bar.close()

@@ -260,21 +260,20 @@ def test_tuning_the_network_improves_the_views_it_was_not_tuned_on(demo):
     cfg = FitConfig(tune_steps=30)
     tuned, losses = tune_network(demo, image[None], mask[None], image, mask, Pose(0.0, 0.0, "given").viewmat, cfg)
     assert all(torch.equal(v, demo.state_dict()[k]) for k, v in before.items())
-    # Measured: the loss 0.037 -> 0.023 (ratio 0.63; the bound 0.8).
-    assert len(losses) == 31 and losses[-1] < 0.8 * losses[0]
+    assert len(losses) == 31 and losses[-1] < losses[0]
     with torch.no_grad():
         g = demo(image[None], mask[None])[0]
     gains = []
-    for yaw in (30.0, 90.0, 180.0):
+    for yaw in (0.0, 30.0, 90.0, 180.0):
         truth, _ = synth_view(TEST_SUBJECTS[2], yaw)
         vm = orbit_viewmats([yaw], [0.0], HEAD_CAMERA_RADIUS)
         with torch.no_grad():
             renders = [rasterize(x, vm, camera_K(128)[None], 128, 128, background=1.0).rgb[0].permute(2, 0, 1)
                        for x in (g, tuned)]
         gains.append(float(psnr(renders[1][None], truth[None]) - psnr(renders[0][None], truth[None])))
-    # Measured: +0.76 dB at 30 degrees, -0.11 at the profile, +2.21 at the back (mean 0.95; the bounds: a mean
-    # above 0.4, no view below -0.5).
-    assert sum(gains) / 3 > 0.4 and min(gains) > -0.5, gains
+    # Measured: +2.24 dB at the input view, +0.85 at 30 degrees, -0.08 at the profile, +2.21 at the back (the
+    # bounds: above 1 at the input view, a mean above 0.4 over the three unseen views (0.99), none below -0.5).
+    assert gains[0] > 1.0 and sum(gains[1:]) / 3 > 0.4 and min(gains) > -0.5, gains
 
 
 def test_tuning_keeps_off_the_shoulders(demo, prediction):
@@ -293,8 +292,8 @@ def test_tuning_keeps_off_the_shoulders(demo, prediction):
     band = (shoulders[0] > mask[0]) & (alphas[0] < 0.5)
     assert int(band.sum()) > 500
     grown = float((alphas[1] - alphas[0])[band].mean())
-    # Measured: +0.08 mean alpha over the clothes the head did not cover; +0.33 with the whole matte as the target
-    # (tune.TUNE_MARGIN = 1). The bound 0.15.
+    # Measured: +0.01 mean alpha over the clothes the head did not cover; +0.08 with the guard alone
+    # (tune_novel_weight=0), +0.33 with neither (and tune.TUNE_MARGIN = 1). The bound 0.15.
     assert grown < 0.15, grown
     cfg = FitConfig(steps=4, tune_steps=4, size=64, num_gaussians=16384)
     result = fit_network(demo, image[None], mask[None], dressed, shoulders, cfg, pose=pose)
@@ -421,7 +420,7 @@ def test_nan_during_the_fit_is_a_clear_error(prediction, monkeypatch):
                                  dict(ssim_weight=1.5), dict(novel_weight=-1.0), dict(num_gaussians=-4),
                                  dict(max_scale_growth=0.5), dict(free_regions=("tail",)), dict(free_min_outside=1.5),
                                  dict(free_min_facing=-1.5), dict(tune_steps=-1), dict(tune_lr=0.0),
-                                 dict(tune_size=8)])
+                                 dict(tune_size=8), dict(tune_novel_weight=-1.0)])
 def test_bad_fit_settings_are_refused(bad):
     with pytest.raises(ValueError):
         FitConfig(**bad)

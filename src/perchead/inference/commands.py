@@ -114,7 +114,7 @@ def reconstruct(
         backend: rasteriser (auto = gsplat on a CUDA GPU when installed, else the CPU kernels).
         fit_steps: photos: steps of the fit to the photo (0: none, the network's Gaussians as they are).
         fit_tune_steps: photos: steps of tuning the network's weights on the photo before its Gaussians are
-            fitted (0: the network as trained; off by default, docs/reconstruct.md says why).
+            fitted (0: the network as trained; off by default: docs/reconstruct.md, "From every side").
         fit_tune_lr: Adam learning rate of that tuning.
         fit_size: side of the renders the fit compares with the photo, pixels.
         fit_gaussians: Gaussians of the fitted head (each predicted one split into children; 0: no split).

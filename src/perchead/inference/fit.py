@@ -72,12 +72,16 @@ class FitConfig:
     tune_steps: int = 0
     """steps of test-time tuning of the network's weights on the photo's view before the Gaussians are fitted
     (:func:`perchead.inference.tune.tune_network`; 0: the network as trained; with ``steps`` 0, the tuned
-    network's Gaussians are not fitted further). Off by default: with the bundled demo it gains on held-out
-    synthetic heads and loses dlib likeness at 45 degrees on real photos (docs/reconstruct.md)"""
+    network's Gaussians are not fitted further). Off by default: it gains on held-out synthetic heads, is not
+    yet measured on held-out real photos and costs 3-5 s on two cores (docs/reconstruct.md)"""
     tune_lr: float = 3e-4
     """Adam learning rate of the tuning"""
     tune_size: int = 128
     """side of the renders the tuning compares with the photo, pixels"""
+    tune_novel_weight: float = 1.0
+    """weight of the untuned network's renders from unseen views (:data:`NOVEL_YAWS`, one per step, at
+    ``novel_size``) as a target while tuning: without it the tuned head explained a real photo's details by
+    changing its sides and back (dark streaks in the hair, a cap's pattern round the head)"""
     size: int = 224
     """side of the renders the fit compares with the photo, pixels (224: the package-shipped portraits reach
     22 dB masked PSNR from the input camera, 192 falls short on one of them; benchmarks/bench_likeness.py)"""
@@ -160,9 +164,11 @@ class FitConfig:
             raise ValueError(f"--fit-steps must be >= 0, got {self.steps}")
         if self.size < 32:
             raise ValueError(f"--fit-size must be at least 32 pixels, got {self.size}")
-        if self.tune_steps < 0 or self.tune_size < 32 or not (math.isfinite(self.tune_lr) and self.tune_lr > 0):
-            raise ValueError(f"need --fit-tune-steps >= 0, a tune size >= 32 px and a positive finite tune "
-                             f"learning rate, got {self.tune_steps}, {self.tune_size} and {self.tune_lr}")
+        if (self.tune_steps < 0 or self.tune_size < 32 or not (math.isfinite(self.tune_lr) and self.tune_lr > 0)
+                or not (math.isfinite(self.tune_novel_weight) and self.tune_novel_weight >= 0)):
+            raise ValueError(f"need --fit-tune-steps >= 0, a tune size >= 32 px, a positive finite tune learning "
+                             f"rate and a finite tune_novel_weight >= 0, got {self.tune_steps}, {self.tune_size}, "
+                             f"{self.tune_lr} and {self.tune_novel_weight}")
         if self.num_gaussians < 0:
             raise ValueError(f"--fit-gaussians must be >= 0, got {self.num_gaussians}")
         rates = {k: v for k, v in asdict(self).items() if k.startswith("lr")}

@@ -27,6 +27,7 @@ from torch import Tensor
 from ..geometry import Gaussians
 from ..render import rasterize
 from .fit import (
+    NOVEL_YAWS,
     FitConfig,
     FitDivergedError,
     FitProgress,
@@ -36,6 +37,7 @@ from .fit import (
     matte_outside,
     midline_pixels,
     template_inputs,
+    turned_viewmats,
     )
 from .pose import Pose, camera_K, estimate_pose, resize_to
 
@@ -74,7 +76,8 @@ def tune_network(model: torch.nn.Module, net_image: Tensor, net_mask: Tensor, im
         return out.rgb.permute(0, 3, 1, 2), out.alpha.permute(0, 3, 1, 2)
 
     with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, as the loss's
-        _, alpha0 = render(model(net_image, net_mask)[0])
+        untuned = model(net_image, net_mask)[0].to(dev, torch.float32)
+        _, alpha0 = render(untuned)
         # The matte goes on into shoulders and clothes, which the template ends before: tuned on them, the
         # network stretched the head's neck over the shoulders (and the Gaussian fit, which frees the neck for
         # exactly that, no longer did). So beyond the untuned head's silhouette (grown by TUNE_MARGIN) the
@@ -87,13 +90,27 @@ def tune_network(model: torch.nn.Module, net_image: Tensor, net_mask: Tensor, im
         alpha_target = torch.where(beyond, alpha0, msk)
         colour_weight = (~beyond).float()
 
+    # The untuned head from unseen views, a weak target (as the Gaussian fit's): the photo's view alone let the
+    # tuned head explain a real photo's details by changing its sides and back.
+    novel_vms = turned_viewmats(vm[0], NOVEL_YAWS)
+    novel_K = camera_K(config.novel_size).to(dev)[None]
+    with torch.inference_mode(False), torch.no_grad():
+        novel = rasterize(untuned, novel_vms, novel_K.expand(len(NOVEL_YAWS), 3, 3), config.novel_size,
+                          config.novel_size, backend=backend)
+    turn = [0]
+
     def loss_of(g: Gaussians) -> Tensor:
         rgb, alpha = render(g)
+        i = turn[0] % len(NOVEL_YAWS)
+        turn[0] += 1
+        nov = rasterize(g.to(dev, torch.float32), novel_vms[i:i + 1], novel_K, config.novel_size, config.novel_size,
+                        backend=backend, check_finite=False)
+        reg = (nov.rgb - novel.rgb[i:i + 1]).abs().mean() + (nov.alpha - novel.alpha[i:i + 1]).abs().mean()
         # L1 of the render on white against the photo on white, and the matte as alpha. Not the Gaussian fit's
         # view_loss: with its SSIM term the tuned head was worse near the input, and with its colours compared
         # inside the matte only, worse at the back (a first study on held-out synthetic heads).
         return ((rgb - img).abs().mean(1, keepdim=True) * colour_weight).mean() \
-            + config.alpha_weight * (alpha - alpha_target).abs().mean()
+            + config.alpha_weight * (alpha - alpha_target).abs().mean() + config.tune_novel_weight * reg
 
     losses: list[float] = []
     with torch.inference_mode(False), torch.enable_grad():

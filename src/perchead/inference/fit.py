@@ -72,8 +72,8 @@ class FitConfig:
     tune_steps: int = 0
     """steps of test-time tuning of the network's weights on the photo's view before the Gaussians are fitted
     (:func:`perchead.inference.tune.tune_network`; 0: the network as trained; with ``steps`` 0, the tuned
-    network's Gaussians are not fitted further). Off by default: it gains on held-out synthetic heads, is not
-    yet measured on held-out real photos and costs 3-5 s on two cores (docs/reconstruct.md)"""
+    network's Gaussians are not fitted further). Off by default: it gains on held-out synthetic heads, is a wash
+    by dlib on real photos and costs 4-5 s on two cores (docs/reconstruct.md)"""
     tune_lr: float = 3e-4
     """Adam learning rate of the tuning"""
     tune_size: int = 128

@@ -9,9 +9,10 @@ the front comes with the changes it implies at the sides and the back -- the "in
 GAN-based single-image head methods (pivotal tuning), here on the feed-forward network.
 
 :func:`tune_network` is a few dozen Adam steps on a copy of the network (the caller's model is untouched):
-the photo's view loss of :func:`perchead.inference.fit.view_loss` at a small render size, the camera the
-fit uses. :func:`fit_network` chains the network, the camera, the tuning and the Gaussian fit: what
-``perchead reconstruct`` and the fitted evaluation method run.
+the photo from the camera the fit uses, at a small render size, with the untuned head's renders from unseen
+views as a weak target. :func:`fit_network` chains the network, the camera, the tuning (off by default,
+:attr:`perchead.inference.fit.FitConfig.tune_steps`) and the Gaussian fit: what ``perchead reconstruct`` and
+the fitted evaluation method run.
 """
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ def fit_network(model: torch.nn.Module, net_image: Tensor, net_mask: Tensor, ima
             if pixels is not None:
                 pose, _ = align_midline(gaussians, pose, img, msk, cfg.max_camera_shift, backend, pixels=pixels)
         # Whether the photo's matte goes on beyond the head (shoulders, clothes) is read off the untuned head:
-        # the tuned one covers more of the matte (measured: the astronaut's share 0.21 -> 0.10), and the
+        # the tuned one covers more of the matte (measured without this: the astronaut's share 0.21 -> 0.10), and the
         # Gaussian fit would no longer free the neck to reach the shoulders.
         with torch.inference_mode(False), torch.no_grad():
             alpha = rasterize(gaussians, pose.viewmat.to(gaussians.means)[None],

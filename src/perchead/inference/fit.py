@@ -73,7 +73,7 @@ class FitConfig:
     """steps of test-time tuning of the network's weights on the photo's view before the Gaussians are fitted
     (:func:`perchead.inference.tune.tune_network`; 0: the network as trained; with ``steps`` 0, the tuned
     network's Gaussians are not fitted further). Off by default: it gains on held-out synthetic heads, is a wash
-    by dlib on real photos and costs 4-5 s on two cores (docs/reconstruct.md)"""
+    by dlib on real photos and costs 7-10 s on two cores (docs/reconstruct.md)"""
     tune_lr: float = 3e-4
     """Adam learning rate of the tuning"""
     tune_size: int = 128

@@ -44,9 +44,9 @@ def photo_set(folder: Path | None, which: str) -> dict[str, Path]:
     """The astronaut and Grace Hopper, or (``folder``) benchmarks/real_photos.py's photos of one set."""
     if folder is None:
         return package_photos()
-    from real_photos import HELD_OUT, TUNE
+    from real_photos import SETS
 
-    names = {"tune": TUNE, "held-out": HELD_OUT, "all": TUNE + HELD_OUT}[which]
+    names = SETS[which]
     found = {p.stem: p for p in folder.iterdir()}
     photos = package_photos()
     photos = {"astronaut": photos["astronaut (skimage)"], "grace_hopper": photos.get("Grace Hopper (matplotlib)")}
@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--fit-steps", default="0,60")
     parser.add_argument("--out", type=Path, default=None, help="keep every run's files here")
     parser.add_argument("--photos", type=Path, default=None, help="folder written by real_photos.py")
-    parser.add_argument("--set", choices=("tune", "held-out", "all"), default="all")
+    parser.add_argument("--set", choices=("tune", "held-out", "fresh", "all"), default="all")
     args = parser.parse_args()
 
     import torch

@@ -152,6 +152,8 @@ def test_fit_settings_of_the_eval_are_checked():
         EvalConfig(fit_size=8)
     with pytest.raises(ValueError, match="fit_steps"):
         EvalConfig(fit_steps=-1)
+    with pytest.raises(ValueError, match="fit_tune_steps"):
+        EvalConfig(fit_tune_steps=-1)
 
 
 @pytest.mark.slow
@@ -163,18 +165,19 @@ def test_fitted_method_scores_the_fit_of_each_template_checkpoint(setup, tmp_pat
     out = tmp_path / "fit"
     code = main(["eval", "--checkpoint", str(template), "--data", str(data), "--out", str(out), "--split", "train",
                  "--metrics", "psnr", "--figure-subjects", "0", "--max-subjects", "1", "--fit-steps", "2",
-                 "--fit-size", "48"])
+                 "--fit-size", "48", "--fit-tune-steps", "1"])
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["info"]["methods"]) == ["run_a", "run_a_fitted", "template_mean_colour"]
-    assert "fitted to the input view: 2 steps" in summary["info"]["methods"]["run_a_fitted"]
+    assert "fitted to the input view: the network tuned for 1 steps, then 2 steps" in (
+        summary["info"]["methods"]["run_a_fitted"])
     assert "48 px" in summary["info"]["methods"]["run_a_fitted"]
     groups = {(s["method"], s["group"]): s for s in summary["summary"]}
     for group in ("novel", "extreme", "extreme_back", "opposite_profile"):
         fitted, plain = groups[("run_a_fitted", group)], groups[("run_a", group)]
         assert fitted["images"] == plain["images"] and math.isfinite(fitted["psnr"])
         assert fitted["psnr"] != plain["psnr"]  # the fit changed the head
-    assert "--fit-steps 2" in summary["info"]["command"]
+    assert "--fit-steps 2" in summary["info"]["command"] and "--fit-tune-steps 1" in summary["info"]["command"]
 
 
 def test_unavailable_metrics_are_empty_columns_with_the_reason(setup, tmp_path):

@@ -70,6 +70,9 @@ class EvalConfig:
     with this many steps, the input camera estimated from the input image): methods NAME_fitted"""
     fit_size: int | None = None
     """side (pixels) of the fitted input view (None: FitConfig's default, what `perchead reconstruct` uses)"""
+    fit_tune_steps: int | None = None
+    """steps tuning the network itself on the input view before the fit (perchead.inference.tune; None:
+    FitConfig's default, what `perchead reconstruct` uses)"""
     reads_input: bool = False
     """also measure whether each checkpoint reads its input (perchead.eval.reads_input: hair and skin colour at
     the back and the profiles against the truth, PSNR per target-yaw bucket): reads_input.md/.json/.png"""
@@ -88,6 +91,8 @@ class EvalConfig:
             raise ValueError(f"fit_steps must be >= 0, got {self.fit_steps}")
         if self.fit_size is not None and self.fit_size < 16:
             raise ValueError(f"fit_size must be at least 16 pixels, got {self.fit_size}")
+        if self.fit_tune_steps is not None and self.fit_tune_steps < 0:
+            raise ValueError(f"fit_tune_steps must be >= 0, got {self.fit_tune_steps}")
         self.subjects = tuple(self.subjects)
 
 

@@ -577,7 +577,8 @@ def run_eval(checkpoints: dict[str, str], data: Path, out: Path, config: EvalCon
         sharpened = shp == "both" or (shp == "auto" and not shp_is_identity(model))
         methods.append(ModelMethod(name, model, sharpened, source=checkpoints[name]))
         if config.fit_steps > 0:
-            fit = FitConfig(steps=config.fit_steps, **({} if config.fit_size is None else {"size": config.fit_size}))
+            given = {"size": config.fit_size, "tune_steps": config.fit_tune_steps}
+            fit = FitConfig(steps=config.fit_steps, **{k: v for k, v in given.items() if v is not None})
             methods.append(FittedMethod(name, model, fit, source=checkpoints[name]))
     methods.append(MeanColourTemplate(first.template, first.config.image_size, config.baseline_opacity,
                                       config.baseline_scale))

@@ -9,7 +9,10 @@ rather than from a picture painted for one camera (issue 28):
 1. :func:`perchead.inference.pose.estimate_pose` -- the input camera's yaw and pitch relative to the
    predicted head (a photo is not always frontal; the network's head is canonical); then
    :func:`align_midline` moves it sideways until the photo's face midline lands on the head's (the crop is
-   centred between the eyes, which on a turned face are not in front of the head's centre).
+   centred between the eyes, which on a turned face are not in front of the head's centre); then
+   :func:`fit_head_height` stretches or squashes the head above the brows until its top meets the top of the
+   photo's matte (the network gives every head one skull height; on a short-haired man it stood above his
+   hair, and the fit, which cannot move grazing or hidden Gaussians, left a transparent arc between the two).
 2. :func:`densify` -- every predicted Gaussian becomes a grid of ``k`` children inside its own covariance (the
    mixture keeps the parent's mean and covariance), so that the fitted head has the paper's 65,536 Gaussians.
 3. :func:`project_appearance` -- appearance projected onto the geometry: Gaussians that the input camera sees
@@ -148,6 +151,9 @@ class FitConfig:
     """metres the estimated input camera may move sideways so that the photo's face midline lands on the head's
     (:func:`align_midline`; the crop centres a turned face's eyes, not its head); 0: the camera as estimated. A
     given camera (``Pose.method == "given"``) is never moved"""
+    max_height_change: float = 0.15
+    """the head above the brows may be stretched or squashed vertically by up to this share so that its top
+    meets the top of the photo's matte (:func:`fit_head_height`); 0: the network's height"""
     max_midline_offset: float = 0.045
     """metres: the left-right map mirrors through the photo's own face midline (:func:`photo_midline`) when it
     lands within this of the head's; farther, the face and the head disagree too much to mirror (no mirror,
@@ -183,6 +189,8 @@ class FitConfig:
             unknown = [r for r in getattr(self, name) if r not in REGION_NAMES]
             if unknown:
                 raise ValueError(f"{name} must be among {REGION_NAMES}, got {unknown}")
+        if not 0.0 <= self.max_height_change < 1.0:
+            raise ValueError(f"max_height_change is a share of the height, in [0, 1); got {self.max_height_change}")
         if not -1.0 <= self.free_min_facing <= 1.0:
             raise ValueError(f"free_min_facing is a cosine, in [-1, 1]; got {self.free_min_facing}")
         if not 0.0 <= self.free_min_outside <= 1.0:
@@ -215,6 +223,8 @@ class FitResult:
     """share of the photo's matte outside the predicted head's silhouette from the input camera"""
     free_regions_freed: bool = False
     """whether :attr:`FitConfig.free_regions` were freed (:attr:`FitConfig.free_min_outside`)"""
+    height_scale: float = 1.0
+    """the vertical scale :func:`fit_head_height` gave the head above the brows (1: unchanged)"""
     tune_losses: list[float] = field(default_factory=list)
     """the network's test-time tuning (:mod:`perchead.inference.tune`): its loss before each step and after
     the last (empty: not tuned)"""
@@ -232,7 +242,7 @@ class FitResult:
                 "geometry_fitted": self.geometry_fitted, "warnings": list(self.warnings),
                 "midline_mm": None if self.midline is None else round(self.midline * 1000, 2),
                 "matte_outside": None if math.isnan(self.matte_outside) else round(self.matte_outside, 4),
-                "free_regions_freed": self.free_regions_freed,
+                "free_regions_freed": self.free_regions_freed, "height_scale": round(self.height_scale, 4),
                 "tune_steps": max(0, len(self.tune_losses) - 1),
                 "tune_loss_first": round(self.tune_losses[0], 6) if self.tune_losses else None,
                 "tune_loss_last": round(self.tune_losses[-1], 6) if self.tune_losses else None,
@@ -422,6 +432,64 @@ def align_midline(gaussians: Gaussians, pose: Pose, image: Tensor, mask: Tensor,
             break
         pose, current = moved, after
     return pose, current
+
+
+HEIGHT_TOLERANCE_PX = 1.0
+"""pixels (at the fit's size) by which the head's top and the matte's may differ before :func:`fit_head_height`
+acts: on held-out synthetic heads, whose matte is their own silhouette, they differ by at most one pixel at
+224 px, and acting on that pixel cost up to 0.08 dB on four of them (docs/reconstruct.md)"""
+
+
+def fit_head_height(gaussians: Gaussians, anchors: Tensor | None, regions: Tensor, viewmat: Tensor, K: Tensor,
+                    mask: Tensor, max_change: float, min_iou: float = 0.0,
+                    backend: str = "auto") -> tuple[Gaussians, Tensor | None, float]:
+    """The head above its brows scaled vertically so that its top, seen from ``viewmat``, meets the top of the
+    photo's matte (``mask`` [S, S]) over the central half of the head's width: the network gives every head
+    one skull height, and where it stands above a short-haired man's hair the fit cannot take it down (its
+    grazing Gaussians keep their opacity, occluded ones hardly move), which left a transparent arc between
+    hair and skull. The brows (the upper quarter of the template's face region) are the pivot, so that the
+    face, which the crop aligned with the photo's, stays. The scale stays within 1 +- ``max_change``; nothing
+    changes where the tops differ by at most :data:`HEIGHT_TOLERANCE_PX`, or where the head's silhouette IoU
+    with the matte is below ``min_iou`` (the matte or the camera is not trusted). ``regions`` [N]: template
+    region ids; the anchors, when given, are scaled with the means. Returns the Gaussians, the anchors and
+    the scale."""
+    size = mask.shape[-1]
+    neck = (regions == NECK).float()[:, None]
+    with torch.no_grad():
+        share, alpha = render_features(gaussians.detach(), neck, viewmat[None], K[None], size, size,
+                                       backend=backend)
+    alpha, share = alpha[0, ..., 0], share[0, ..., 0]
+    if head_iou(alpha, share / alpha.clamp_min(1e-6), mask) < min_iou:
+        return gaussians, anchors, 1.0
+    head, matte = alpha > 0.5, mask > 0.5
+    cols = torch.nonzero(head.any(0))[:, 0]
+    if len(cols) < 8:
+        return gaussians, anchors, 1.0
+    lo, hi = int(cols.min()), int(cols.max())
+    lo, hi = lo + (hi - lo) // 4, hi - (hi - lo) // 4
+    rows = torch.arange(size, device=mask.device, dtype=alpha.dtype)[:, None]
+    top_head = torch.where(head[:, lo:hi + 1], rows, size).amin(0)
+    top_matte = torch.where(matte[:, lo:hi + 1], rows, size).amin(0)
+    both = (top_head < size) & (top_matte < size)
+    if int(both.sum()) < 4:
+        return gaussians, anchors, 1.0
+    lower_px = float((top_matte - top_head)[both].median())  # > 0: the head stands above the matte
+    if abs(lower_px) <= HEIGHT_TOLERANCE_PX:
+        return gaussians, anchors, 1.0
+    points = gaussians.means.detach() if anchors is None else anchors
+    face = points[regions == FACE, 1]
+    pivot = float(face.quantile(0.75)) if len(face) else float(points[:, 1].median())
+    top = float(points[:, 1].max())
+    depth = float((points @ viewmat[:3, :3].T + viewmat[:3, 3])[:, 2].median())
+    lower = lower_px * depth / float(K[0, 0])  # metres at the head's depth (the world's y is up)
+    scale = min(1 + max_change, max(1 - max_change, (top - pivot - lower) / max(top - pivot, 1e-6)))
+
+    def scaled(p: Tensor) -> Tensor:
+        y = p[:, 1:2]
+        return torch.cat([p[:, :1], torch.where(y > pivot, pivot + scale * (y - pivot), y), p[:, 2:]], -1)
+
+    return (gaussians.replace(means=scaled(gaussians.means)), None if anchors is None else scaled(anchors),
+            scale)
 
 
 def paint(gaussians: Gaussians, colour: Tensor, weight: Tensor, prior_visibility: float) -> Gaussians:
@@ -615,6 +683,11 @@ def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anch
         pose, _ = align_midline(gaussians, pose, img[0], msk[0], cfg.max_camera_shift, backend, pixels=pixels)
     vm = pose.viewmat.to(device)
     K = camera_K(size).to(device)[None]
+    height_scale = 1.0
+    if cfg.max_height_change > 0 and regions is not None:
+        gaussians, anchors, height_scale = fit_head_height(gaussians, anchors, regions.to(device), vm, K[0],
+                                                           msk[0, 0], cfg.max_height_change,
+                                                           cfg.min_silhouette_iou, backend)
 
     dense, parents = densify(gaussians.detach(), cfg.num_gaussians or len(gaussians))
     colour, weight = photo_colours(dense, vm, img[0], msk[0], backend)
@@ -734,7 +807,8 @@ def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anch
 
     fitted, losses, l1s = optimise(params, trust, total_loss, cfg, anchors is not None, progress, after_step)
     return FitResult(fitted, pose, cfg.steps, losses, l1s, time.perf_counter() - start,
-                     float((seen > 0.5).float().mean()), iou, geometry, warnings, midline, outside, bool(free.any()))
+                     float((seen > 0.5).float().mean()), iou, geometry, warnings, midline, outside, bool(free.any()),
+                     height_scale)
 
 
 @dataclass
@@ -818,7 +892,7 @@ def optimise(params: FitParams, trust: Tensor, total_loss: Callable[[], tuple[Te
     return fitted, losses, (first_l1, float(l1))
 
 
-__all__ = ["FitConfig", "FitDivergedError", "FitParams", "FitProgress", "FitResult", "Prior", "align_midline",
-           "child_grid", "densify", "fit_to_photo", "head_iou", "matte_outside", "midline_pixels", "mirror_index",
-           "optimise", "paint", "photo_colours", "photo_midline", "project_appearance", "template_inputs",
-           "turned_viewmats", "view_loss"]
+__all__ = ["HEIGHT_TOLERANCE_PX", "FitConfig", "FitDivergedError", "FitParams", "FitProgress", "FitResult", "Prior",
+           "align_midline", "child_grid", "densify", "fit_head_height", "fit_to_photo", "head_iou", "matte_outside",
+           "midline_pixels", "mirror_index", "optimise", "paint", "photo_colours", "photo_midline",
+           "project_appearance", "template_inputs", "turned_viewmats", "view_loss"]

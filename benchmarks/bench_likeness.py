@@ -5,13 +5,13 @@ without and with the fit to the photo.
     python benchmarks/bench_likeness.py --photos photos/ --set held-out    # benchmarks/real_photos.py's split
 
 Photos: scikit-image's astronaut (the bundled example photo) and matplotlib's Grace Hopper
-(``mpl-data/sample_data/grace_hopper.jpg``); with ``--photos`` the folder benchmarks/real_photos.py writes
-(its tuning or held-out set, or both); no photo comes from the internet. For each, the table gives the
-estimated input camera, the PSNR of the render from that camera against the matted photo over the photo's
-mask, dlib's identity distance between the photo and the renders from the input camera, the front, and the
-input camera turned by +-30 and +-45 degrees (same person below 0.6; "no face" where dlib's detector finds
-none in the render), the back's colour difference with the top of the photo's head (CIE76 delta E), and the
-seconds of the run without the turntable. With ``--out`` each run's files (views.png, ...) are kept there.
+(``mpl-data/sample_data/grace_hopper.jpg``); with ``--photos`` the folder benchmarks/real_photos.py writes (its
+tuning set, its held-out set, the second held-out set ``fresh``, or all); no photo comes from the internet. For
+each, the table gives the estimated input camera, the PSNR of the render from that camera against the matted photo
+over the photo's mask, dlib's identity distance between the photo and the renders from the input camera, the front,
+and the input camera turned by +-30 and +-45 degrees (same person below 0.6; "no face" where dlib's detector finds
+none in the render), the back's colour difference with the top of the photo's head (CIE76 delta E), and the seconds
+of the run without the turntable. With ``--out`` each run's files (views.png, ...) are kept there.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from perchead.inference import fit as fit_module
 from perchead.inference.fit import (
     FitConfig,
     FitDivergedError,
+    TrustAdam,
     align_midline,
     densify,
     fit_head_height,
@@ -459,6 +460,29 @@ def test_a_turned_head_fitted_from_its_35_degree_view_has_one_face(demo):
     for turn, rgb in zip((0, 30), renders, strict=True):
         faces, _ = detect_faces((rgb.clamp(0, 1).numpy() * 255).round().astype("uint8"), ("mediapipe-full",))
         assert len(faces) == 1, (turn, [f.box for f in faces])
+
+
+def test_trust_adam_is_torchs_adam_with_each_rows_step_scaled():
+    gen = torch.Generator().manual_seed(0)
+    start = torch.randn(6, 3, generator=gen)
+    trust = torch.tensor([1.0, 0.5, 0.0, 0.25, 1.0, 0.75])
+    ours, ref = start.clone().requires_grad_(), start.clone().requires_grad_()
+    opt = TrustAdam([(ours, 0.1, trust)])
+    ref_opt = torch.optim.Adam([ref], lr=0.1, eps=1e-15)
+    for _ in range(5):
+        target = torch.randn(6, 3, generator=gen)
+        opt.zero_grad()
+        ref.grad = None
+        for p in (ours, ref):
+            ((p - target) ** 3).abs().sum().backward()
+        before = ref.detach().clone()
+        opt.step()
+        ref_opt.step()
+        with torch.no_grad():  # torch's step, each row's scaled by its trust, as the fit took it before
+            ref.copy_(before + trust[:, None] * (ref - before))
+        assert torch.allclose(ours, ref, atol=1e-6, rtol=1e-5)
+    assert torch.equal(ours[2], start[2])  # no trust, no step
+    assert not torch.allclose(ours[0], start[0], atol=1e-2)
 
 
 def test_nan_during_the_fit_is_a_clear_error(prediction, monkeypatch):

@@ -606,7 +606,8 @@ def view_loss(out_rgb: Tensor, out_alpha: Tensor, image: Tensor, mask: Tensor, c
 def fit_to_photo(gaussians: Gaussians, image: Tensor, mask: Tensor, config: FitConfig | None = None,
                  anchors: Tensor | None = None, s_max: float | None = None, pose: Pose | None = None,
                  backend: str = "auto", progress: FitProgress | None = None, normals: Tensor | None = None,
-                 regions: Tensor | None = None, outside: float | None = None) -> FitResult:
+                 regions: Tensor | None = None, outside: float | None = None,
+                 pixels: Tensor | None = None) -> FitResult:
     """Fit the predicted head ``gaussians`` (unbatched) to the photo.
 
     Args:
@@ -620,6 +621,8 @@ def fit_to_photo(gaussians: Gaussians, image: Tensor, mask: Tensor, config: FitC
         regions: [N_pred] the template's region ids (None: one region).
         outside: the share of the photo's matte outside the head's silhouette that decides whether the free
             regions are freed (:attr:`FitConfig.free_min_outside`); None: measured on ``gaussians``.
+        pixels: the photo's :func:`midline_pixels` at ``config.size`` when a caller already ran Face Mesh
+            (None: found here).
         (:func:`template_inputs` gives anchors, s_max, normals and regions of a model.)
     Raises:
         FitDivergedError: a loss or parameter became NaN/infinite.
@@ -629,7 +632,7 @@ def fit_to_photo(gaussians: Gaussians, image: Tensor, mask: Tensor, config: FitC
     with torch.inference_mode(False), torch.enable_grad():
         gaussians = Gaussians(*(t.clone() for t in gaussians.tensors().values()))
         return _fit(gaussians, image.clone(), mask.clone(), config or FitConfig(), anchors, s_max, pose,
-                    backend, progress, normals, regions, outside)
+                    backend, progress, normals, regions, outside, pixels)
 
 
 def turned_viewmats(viewmat: Tensor, yaws: tuple[float, ...]) -> Tensor:
@@ -664,7 +667,8 @@ def head_iou(alpha: Tensor, free_share: Tensor, mask: Tensor) -> float:
 
 def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anchors: Tensor | None,
          s_max: float | None, pose: Pose | None, backend: str, progress: FitProgress | None,
-         normals: Tensor | None, regions: Tensor | None, outside: float | None) -> FitResult:
+         normals: Tensor | None, regions: Tensor | None, outside: float | None,
+         pixels: Tensor | None = None) -> FitResult:
     start = time.perf_counter()
     device = gaussians.means.device
     if pose is None:
@@ -678,7 +682,8 @@ def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anch
     msk = resize_to(mask, size).to(device)[None]
     # Face Mesh runs once: the camera's alignment and the mirror's plane read the same midline landmarks.
     align = cfg.max_camera_shift > 0 and pose.method != "given"
-    pixels = midline_pixels(img[0], msk[0]) if align or cfg.symmetry else None
+    if pixels is None and (align or cfg.symmetry):
+        pixels = midline_pixels(img[0], msk[0])
     if align and pixels is not None:
         pose, _ = align_midline(gaussians, pose, img[0], msk[0], cfg.max_camera_shift, backend, pixels=pixels)
     vm = pose.viewmat.to(device)
@@ -835,6 +840,39 @@ class Prior:
         return (weight * (d_pos + d_rgb + d_opa)).mean()
 
 
+class TrustAdam:
+    """Adam (torch.optim.Adam's update: betas 0.9/0.999, no weight decay) on [N, ...] parameters, each row's step
+    scaled by its trust in [0, 1]. Adam's steps do not shrink with the gradient, so a Gaussian behind the face
+    that a nearly transparent front lets through a 1e-6 gradient would move as fast as a visible one: each
+    Gaussian steps in proportion to how well the input camera sees it (or its mirror image). Written out
+    rather than torch.optim.Adam because torch.optim's first use imports torch._dynamo, about 1 s of a 20 s
+    ``perchead reconstruct`` on two cores."""
+
+    def __init__(self, groups: list[tuple[Tensor, float, Tensor]], betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-15) -> None:
+        self.groups = groups
+        self.betas, self.eps, self.t = betas, eps, 0
+        self.m = [torch.zeros_like(p) for p, _, _ in groups]
+        self.v = [torch.zeros_like(p) for p, _, _ in groups]
+
+    def zero_grad(self) -> None:
+        for p, _, _ in self.groups:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        c1, c2 = 1 - b1 ** self.t, math.sqrt(1 - b2 ** self.t)
+        for (p, lr, trust), m, v in zip(self.groups, self.m, self.v, strict=True):
+            if p.grad is None:
+                continue
+            m.lerp_(p.grad, 1 - b1)
+            v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+            step = m / (v.sqrt() / c2 + self.eps) * (lr / c1)
+            p.sub_(trust.view(-1, *[1] * (p.ndim - 1)) * step)
+
+
 def optimise(params: FitParams, trust: Tensor, total_loss: Callable[[], tuple[Tensor, Tensor]], cfg: FitConfig,
              anchored: bool, progress: FitProgress | None,
              after_step: Callable[[], None] | None = None,
@@ -845,13 +883,14 @@ def optimise(params: FitParams, trust: Tensor, total_loss: Callable[[], tuple[Te
     and after the last, and the monitored L1 before and after. Raises :class:`FitDivergedError` on a
     NaN/infinite loss or parameter."""
     lr = cfg.lr
-    opt = torch.optim.Adam([
-        {"params": [params.pos], "lr": lr * cfg.lr_position * (1.0 if anchored else 0.01)},
-        {"params": [params.log_scales], "lr": lr * cfg.lr_scale},
-        {"params": [params.quats], "lr": lr * cfg.lr_rotation},
-        {"params": [params.opacity_logits], "lr": lr * cfg.lr_opacity},
-        {"params": [params.colour_logits], "lr": lr * cfg.lr_colour},
-    ], eps=1e-15)
+    pos_trust = trust if position_trust is None else position_trust
+    opt = TrustAdam([
+        (params.pos, lr * cfg.lr_position * (1.0 if anchored else 0.01), pos_trust),
+        (params.log_scales, lr * cfg.lr_scale, trust),
+        (params.quats, lr * cfg.lr_rotation, trust),
+        (params.opacity_logits, lr * cfg.lr_opacity, trust),
+        (params.colour_logits, lr * cfg.lr_colour, trust),
+    ])
     losses: list[float] = []
     first_l1 = math.nan
     for step in range(cfg.steps):
@@ -863,17 +902,10 @@ def optimise(params: FitParams, trust: Tensor, total_loss: Callable[[], tuple[Te
         if step == 0:
             first_l1 = float(l1.detach())
         losses.append(value)
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
         loss.backward()
         with torch.no_grad():
-            before = [p.detach().clone() for p in params.parameters()]
             opt.step()
-            # Adam's steps do not shrink with the gradient, so a Gaussian behind the face that a nearly
-            # transparent front lets through a 1e-6 gradient would move as fast as a visible one: each
-            # Gaussian's step is scaled by how well the input camera sees it (or its mirror image).
-            for p, old in zip(params.parameters(), before, strict=True):
-                t = position_trust if p is params.pos and position_trust is not None else trust
-                p.copy_(old + t.view(-1, *[1] * (p.ndim - 1)) * (p - old))
             if after_step is not None:
                 after_step()
         if progress is not None:
@@ -893,6 +925,6 @@ def optimise(params: FitParams, trust: Tensor, total_loss: Callable[[], tuple[Te
 
 
 __all__ = ["HEIGHT_TOLERANCE_PX", "FitConfig", "FitDivergedError", "FitParams", "FitProgress", "FitResult", "Prior",
-           "align_midline", "child_grid", "densify", "fit_head_height", "fit_to_photo", "head_iou", "matte_outside",
-           "midline_pixels", "mirror_index", "optimise", "paint", "photo_colours", "photo_midline",
+           "TrustAdam", "align_midline", "child_grid", "densify", "fit_head_height", "fit_to_photo", "head_iou",
+           "matte_outside", "midline_pixels", "mirror_index", "optimise", "paint", "photo_colours", "photo_midline",
            "project_appearance", "template_inputs", "turned_viewmats", "view_loss"]

@@ -163,12 +163,13 @@ def fit_network(model: torch.nn.Module, net_image: Tensor, net_mask: Tensor, ima
     def counted(offset: int) -> FitProgress | None:
         return None if progress is None else (lambda i, _n, loss: progress(offset + i, total, loss))
 
-    tune_seconds, tune_losses, outside = 0.0, [], None
+    tune_seconds, tune_losses, outside, pixels = 0.0, [], None, None
     if cfg.tune_steps > 0:
         start = time.perf_counter()
         img, msk = resize_to(image, cfg.size), resize_to(mask, cfg.size)
         if cfg.max_camera_shift > 0 and pose.method != "given":
-            # the camera the tuning sees the photo from is the one the fit would use (the midline aligned)
+            # the camera the tuning sees the photo from is the one the fit would use (the midline aligned); the
+            # fit reuses the midline's pixels rather than running Face Mesh again
             pixels = midline_pixels(img, msk)
             if pixels is not None:
                 pose, _ = align_midline(gaussians, pose, img, msk, cfg.max_camera_shift, backend, pixels=pixels)
@@ -184,7 +185,7 @@ def fit_network(model: torch.nn.Module, net_image: Tensor, net_mask: Tensor, ima
         tune_seconds = time.perf_counter() - start
     result = fit_to_photo(gaussians, image, mask, cfg, pose=pose, backend=backend,
                           progress=counted(cfg.tune_steps if tune_losses else 0), outside=outside,
-                          **template_inputs(model))
+                          pixels=pixels, **template_inputs(model))
     return replace(result, seconds=result.seconds + tune_seconds, tune_losses=tune_losses)
 
 

@@ -49,16 +49,28 @@ from perchead.render import rasterize  # noqa: E402
 # WebGL (the splat viewer) without a GPU: Chromium's software GL.
 CHROMIUM_ARGS = ["--use-gl=angle", "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--no-sandbox"]
 # Software WebGL redraws the splat viewers (and the paint canvas) every animation frame, which on a 2-core
-# machine starves the app server the test is waiting for: cap animation frames at ~5 per second.
-# (window.perchead_fast_frames = true lifts the cap, for screenshots of settled viewers;
+# machine starves the app server the test is waiting for: between the moments a test looks at a viewer
+# (:func:`wait_until_drawn`, :func:`settled`), one animation frame per 10 s. (At ~5 per second a page showing a
+# reconstructed head kept chromium's GPU process at 180% CPU, 150% at one per second, and the last test's app,
+# beside that page, took 250-300 s instead of 35.) The looping turntable videos are paused as they start (no
+# test watches them play): playing, the one video alone kept the GPU process at 140%; with both, 3%.
+# (window.perchead_fast() lifts the cap and runs the frames waiting for it, for screenshots of settled viewers;
+# window.perchead_fast_frames = false puts it back;
 # window.perchead_hold_frames() holds every frame until window.perchead_release_frames(): a screenshot taken
 # while the viewers redraw timed out after 180 s on a 2-core machine at load average 20-27.)
 SLOW_FRAMES = """(() => { const raf = window.requestAnimationFrame.bind(window);
-  let held = null;
-  const later = (cb) => window.perchead_fast_frames ? raf(cb) : setTimeout(() => raf(cb), 200);
+  let held = null, next = 1;
+  const waiting = new Map();
+  const later = (cb) => { if (window.perchead_fast_frames) return raf(cb);
+    const id = next++;
+    waiting.set(id, [cb, setTimeout(() => { waiting.delete(id); raf(cb); }, 10000)]);
+    return 0; };
+  window.perchead_fast = () => { window.perchead_fast_frames = true;
+    waiting.forEach(([cb, timer]) => { clearTimeout(timer); raf(cb); }); waiting.clear(); };
   window.requestAnimationFrame = (cb) => held ? (held.push(cb), 0) : later(cb);
   window.perchead_hold_frames = () => { held = held || []; };
   window.perchead_release_frames = () => { const cbs = held || []; held = null; cbs.forEach(later); };
+  document.addEventListener("play", (e) => e.target.pause(), true);
 })();"""
 LOOPBACK = ("127.", "::1", "localhost")
 # One request on a 2-core machine shared with other jobs: the paint test took 38 s with one core busy beside it and
@@ -250,9 +262,13 @@ def wait_until_drawn(page, viewer: str, share: float = 0.02, seconds: float = 30
     canvas = page.locator(f"{viewer} canvas").first
     canvas.wait_for()
     fraction, deadline = 0.0, time.monotonic() + seconds
-    while fraction < share and time.monotonic() < deadline:
-        time.sleep(1.0)
-        fraction = drawn_fraction(canvas.screenshot())
+    page.evaluate("window.perchead_fast()")
+    try:
+        while fraction < share and time.monotonic() < deadline:
+            time.sleep(1.0)
+            fraction = drawn_fraction(canvas.screenshot())
+    finally:
+        page.evaluate("window.perchead_fast_frames = false")
     assert fraction >= share, f"the 3D viewer {viewer} drew only {fraction:.1%} non-background pixels"
 
 
@@ -260,7 +276,7 @@ def wait_until_drawn(page, viewer: str, share: float = 0.02, seconds: float = 30
 def settled(page) -> Iterator[None]:
     """Let the splat viewers draw at full frame rate for a few seconds (they sort their splats), then hold
     every animation frame and the videos while the body runs (screenshots)."""
-    page.evaluate("window.perchead_fast_frames = true")
+    page.evaluate("window.perchead_fast()")
     time.sleep(3)
     page.evaluate("window.perchead_fast_frames = false; window.perchead_hold_frames(); "
                   "document.querySelectorAll('video').forEach(v => v.pause())")
@@ -391,7 +407,7 @@ def test_paint_render_and_the_result_changes(browser_page, artefacts):
     # sees every pointer event; few events, as each one redraws the canvas (slow with software WebGL)
     page.click("#map-editor button[aria-label='Brush']")
     box = page.locator("#map-editor canvas").first.bounding_box()
-    page.evaluate("window.perchead_fast_frames = true")
+    page.evaluate("window.perchead_fast()")
     x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     page.mouse.move(x - 90, y)
     page.mouse.down()

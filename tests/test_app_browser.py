@@ -53,7 +53,8 @@ CHROMIUM_ARGS = ["--use-gl=angle", "--use-angle=swiftshader", "--enable-unsafe-s
 # (:func:`wait_until_drawn`, :func:`settled`), one animation frame per 10 s. (At ~5 per second a page showing a
 # reconstructed head kept chromium's GPU process at 180% CPU, 150% at one per second, and the last test's app,
 # beside that page, took 250-300 s instead of 35.) The looping turntable videos are paused as they start (no
-# test watches them play): playing, the one video alone kept the GPU process at 140%; with both, 3%.
+# test watches them play): playing, the one video alone kept the GPU process at 140%; with both, 3%. (The CPU
+# shares: `ps` of the GPU process in a scratch probe on a 2-core machine, not a script of the repository.)
 # (window.perchead_fast() lifts the cap and runs the frames waiting for it, for screenshots of settled viewers;
 # window.perchead_fast_frames = false puts it back;
 # window.perchead_hold_frames() holds every frame until window.perchead_release_frames(): a screenshot taken

@@ -356,6 +356,21 @@ def test_fallback_detectors_frame_the_same_head(astronaut, astronaut_result, det
     assert np.abs(np.array(r.crop_box) - ref).max() < 0.25 * side
 
 
+
+def test_dlib_boxes_without_keypoints_are_the_same_faces(astronaut):
+    from perchead.preprocess import detect
+
+    detect._dlib_landmarker.cache_clear()
+    boxes, name = detect_faces(astronaut, ("dlib",), keypoints=False)
+    # the identity metric asks for boxes only: dlib's 68-point model (100 MB, ~0.5 s to load) is not loaded
+    assert detect._dlib_landmarker.cache_info().currsize == 0
+    full, _ = detect_faces(astronaut, ("dlib",))
+    assert name == "dlib" and len(boxes) == len(full) == 1
+    np.testing.assert_array_equal(boxes[0].box, full[0].box)
+    assert boxes[0].score == full[0].score
+    assert np.isnan(boxes[0].right_eye).all() and np.isfinite(full[0].right_eye).all()
+
+
 # ---------------------------------------------------------------------------------------- pieces, options
 def test_refine_mask_keeps_the_face_component_and_fills_holes():
     soft = np.zeros((100, 100), np.float32)

@@ -100,7 +100,16 @@ def _detect_mediapipe(rgb: np.ndarray, model_selection: int, min_confidence: flo
 
 # ------------------------------------------------------------------------------------------------- dlib
 @functools.cache
-def _dlib_models():
+def _dlib_detector():
+    import dlib
+
+    return dlib.get_frontal_face_detector()
+
+
+@functools.cache
+def _dlib_landmarker():
+    """dlib's 68-point shape predictor: a 100 MB model, ~0.5 s to load, so loaded only when a face's eyes and
+    mouth are asked for."""
     import warnings
 
     import dlib
@@ -109,8 +118,7 @@ def _dlib_models():
         warnings.simplefilter("ignore")
         import face_recognition_models
 
-    return dlib.get_frontal_face_detector(), dlib.shape_predictor(
-        face_recognition_models.pose_predictor_model_location())
+    return dlib.shape_predictor(face_recognition_models.pose_predictor_model_location())
 
 
 # SVM margin below which dlib detections are mostly false positives (astronaut's mission patch scores 0.12,
@@ -118,8 +126,8 @@ def _dlib_models():
 _DLIB_MIN_SCORE = 0.3
 
 
-def _detect_dlib(rgb: np.ndarray) -> list[Face]:
-    detector, predictor = _dlib_models()
+def _detect_dlib(rgb: np.ndarray, keypoints: bool = True) -> list[Face]:
+    detector = _dlib_detector()
     rgb = np.ascontiguousarray(rgb)
     # One upsampling finds faces down to ~40 px; skip it on big images where it only costs time.
     upsample = 1 if max(rgb.shape[:2]) <= 800 else 0
@@ -128,9 +136,12 @@ def _detect_dlib(rgb: np.ndarray) -> list[Face]:
     for rect, score in zip(rects, scores, strict=True):
         if score < _DLIB_MIN_SCORE:
             continue
-        shape = predictor(rgb, rect)
-        pts = np.array([(shape.part(i).x, shape.part(i).y) for i in range(68)], dtype=np.float64)
         box = np.array([rect.left(), rect.top(), rect.right(), rect.bottom()], dtype=np.float64)
+        if not keypoints:
+            faces.append(Face(box, float(score), *np.full((3, 2), np.nan), "dlib"))
+            continue
+        shape = _dlib_landmarker()(rgb, rect)
+        pts = np.array([(shape.part(i).x, shape.part(i).y) for i in range(68)], dtype=np.float64)
         # 68-point scheme: 36-41 the subject's right eye, 42-47 left eye, 48-67 lips.
         eyes_mouth = pts[36:42].mean(0), pts[42:48].mean(0), pts[48:68].mean(0)
         faces.append(Face(box, float(score), *eyes_mouth, "dlib"))
@@ -177,12 +188,14 @@ def _detect_haar(rgb: np.ndarray) -> list[Face]:
 
 # ------------------------------------------------------------------------------------------------- API
 def detect_faces(rgb: np.ndarray, detectors: Sequence[str] = DEFAULT_DETECTORS,
-                 min_confidence: float = 0.5) -> tuple[list[Face], str | None]:
+                 min_confidence: float = 0.5, keypoints: bool = True) -> tuple[list[Face], str | None]:
     """All faces found by the first detector in ``detectors`` that finds any, largest first.
 
     ``rgb`` is uint8 [H, W, 3]. Returns (faces, name of the detector that found them) or ([], None).
     ``min_confidence`` applies to MediaPipe (a probability); dlib and Haar use their own default thresholds.
-    A detector whose package cannot be imported is skipped with a log message.
+    ``keypoints=False`` is for callers that use only the boxes: dlib then skips its 68-point shape predictor
+    (:func:`_dlib_landmarker`) and its faces' eyes and mouth are NaN. A detector whose package cannot be
+    imported is skipped with a log message.
     """
     unknown = [d for d in detectors if d not in DETECTORS]
     if unknown:
@@ -194,7 +207,7 @@ def detect_faces(rgb: np.ndarray, detectors: Sequence[str] = DEFAULT_DETECTORS,
             elif name == "mediapipe-short":
                 faces = _detect_mediapipe(rgb, 0, min_confidence)
             elif name == "dlib":
-                faces = _detect_dlib(rgb)
+                faces = _detect_dlib(rgb, keypoints)
             else:
                 faces = _detect_haar(rgb)
         except ImportError as exc:

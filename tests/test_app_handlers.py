@@ -15,6 +15,7 @@ from perchead.app.handlers import EXAMPLE_PHOTO, VIEWER_SCALE, viewer_gaussians
 from perchead.app.painting import MapError, palette_hex
 from perchead.data.format import SEG
 from perchead.edit import PALETTE, EditNetwork, colorize, load_segmentation, save_segmentation
+from perchead.inference.reconstruct import TURNED_VIEWS
 from perchead.io import load_ply
 from perchead.io.commands import GRID_VIEWS
 from perchead.losses import load_clip
@@ -75,7 +76,8 @@ def test_reconstruct_writes_every_file(app):
     assert fractions == sorted(fractions) and fractions[0] < 0.1 and fractions[-1] >= 0.8
     frames = [what for _, what in seen if "turntable" in what]
     assert frames[0].endswith("frame 0/2") and frames[-1].endswith("frame 2/2"), frames
-    assert any(what.endswith(f"views: {len(GRID_VIEWS) + 1}/{len(GRID_VIEWS) + 1}") for _, what in seen), seen
+    n_views = len(GRID_VIEWS) + 1 + len(TURNED_VIEWS)  # the grid's, the input camera's and its two turns
+    assert any(what.endswith(f"views: {n_views}/{n_views}") for _, what in seen), seen
     # the delivered metadata names the photo, not where it lies on the server
     info = json.loads(result.files["json"].read_text())
     assert info["source"] == EXAMPLE_PHOTO.name

@@ -19,7 +19,7 @@ from PIL import Image
 from perchead.cli import COMMANDS, main
 from perchead.inference import PHOTO_FILES, ReconstructConfig, Reconstructor
 from perchead.inference import reconstruct as reconstruct_module
-from perchead.inference.fit import FitConfig
+from perchead.inference.fit import FitConfig, turned_viewmats
 from perchead.io import image_grid, load_ply
 from perchead.model import PercHead, preset
 
@@ -96,14 +96,18 @@ def test_ply_is_the_networks_output(photo_run, checkpoint):
 
 def test_fit_steps_0_is_the_feed_forward_result(photo_run, checkpoint):
     """--fit-steps 0 renders exactly what the code did before the fit existed: the network's Gaussians from
-    the grid cameras (views.png) and, from the estimated input camera, input_view.png."""
+    the grid cameras and the estimated input camera turned by +-45 degrees (views.png) and, from the input
+    camera, input_view.png."""
     _, out = photo_run
     rec = Reconstructor(ReconstructConfig(checkpoint=str(checkpoint), device="cpu", size=64, video=False,
                                           fit=FitConfig(steps=0), likeness=False))
     pre = rec.preprocess(PHOTO)
     g = rec.predict(pre)
+    pose, _ = rec.fit(g, pre)  # no steps: the estimated camera only
     views = rec.render(g, rec.grid_viewmats())
-    expected = rec.views_image(reconstruct_module.Reconstruction(pre.source, pre, g, views, None))
+    turned = rec.render(g, turned_viewmats(pose.viewmat, reconstruct_module.TURNED_VIEWS))
+    expected = rec.views_image(reconstruct_module.Reconstruction(pre.source, pre, g, views, None, turned=turned))
+    assert expected.shape[1] > 5 * 64  # five columns: the turned views are in the grid
     np.testing.assert_array_equal(np.asarray(Image.open(out / "views.png").convert("RGB")), expected)
 
 
@@ -168,15 +172,16 @@ def test_diverging_fit_writes_nothing(checkpoint, tmp_path, capsys, monkeypatch)
 def test_views_png_size_and_content(photo_run):
     _, out = photo_run
     views = np.asarray(Image.open(out / "views.png").convert("RGB"))
-    # 4 x 2 labelled cells of 64 px: input crop, front, left/right profile / matted input, back, above, below.
-    blank = image_grid([np.zeros((64, 64, 3), np.uint8)] * 8, ncols=4, labels=["x"] * 8)
+    # 5 x 2 labelled cells of 64 px: input crop, front, left/right profile, back / matted input, the input camera
+    # turned 45 degrees towards either ear, above, below.
+    blank = image_grid([np.zeros((64, 64, 3), np.uint8)] * 10, ncols=5, labels=["x"] * 10)
     assert views.shape == blank.shape
-    assert views.shape[1] > 4 * 64 and views.shape[0] > 2 * 64
+    assert views.shape[1] > 5 * 64 and views.shape[0] > 2 * 64
     # Every rendered cell shows something on the white background (the head), the input cell a photo.
-    cell_w = (views.shape[1] - 4) // 4
+    cell_w = (views.shape[1] - 4) // 5
     cell_h = (views.shape[0] - 4) // 2
     for row in range(2):
-        for col in range(4):
+        for col in range(5):
             y, x = 4 + row * cell_h, 4 + col * cell_w
             cell = views[y:y + 64, x:x + 64].astype(int)
             assert (cell.sum(-1) < 3 * 250).mean() > 0.05, (row, col)

@@ -50,7 +50,7 @@ from ..io.commands import GRID_VIEWS
 from ..preprocess import PreprocessConfig, Preprocessed, preprocess_image
 from ..preprocess.io import DEFAULT_MAX_PIXELS, ImageInput
 from ..render import gsplat_available, rasterize
-from .fit import FitConfig, FitResult
+from .fit import FitConfig, FitResult, turned_viewmats
 from .pose import Pose, camera_K, estimate_pose
 from .tune import fit_network
 
@@ -72,6 +72,12 @@ RENDER_CHUNK = 8  # cameras per rasterize() call: bounds memory for long turntab
 # Names of the files written for one photo, in the order they are written.
 PHOTO_FILES = ("head.ply", "head.splat", "turntable.mp4", "views.png", "input_view.png", "input_crop.png",
                "input_mask.png", "reconstruction.json")
+TURNED_VIEWS = (-45.0, 45.0)
+"""degrees by which the input camera is turned (:func:`~perchead.inference.fit.turned_viewmats`) for the two views
+of ``views.png`` beside the matted input: where a head painted for one camera stops looking like the person
+(issue 28), so a user sees it at once. The sign is ``turned_viewmats``' and ``reconstruction.json``'s
+(``turn_+45``): + turns the camera towards the subject's right ear, the opposite of ``GRID_VIEWS``' yaw, so the
+cells are labelled by the ear rather than by the sign."""
 LIKENESS_TURNS = (30.0, -30.0, 45.0, -45.0)
 """degrees by which the input camera is turned about the head's vertical axis for the renders whose dlib
 identity distance to the photo ``reconstruction.json`` reports, besides the input view and the front view: a
@@ -182,6 +188,8 @@ class Reconstruction:
     """the test-time fit, None when it did not run"""
     likeness: dict | None = None
     """dlib identity distances photo <-> renders (``reconstruction.json``), None when not measured"""
+    turned: np.ndarray | None = None
+    """uint8 [2, S, S, 3]: the head from ``pose`` turned by :data:`TURNED_VIEWS` (None: not rendered)"""
     sharpened: bool = False
     times: StageTimes = field(default_factory=StageTimes)
     files: list[Path] = field(default_factory=list)
@@ -378,10 +386,12 @@ class Reconstructor:
 
         with self.timed(times, "render"):
             views_done = counted(0.5, 0.6, "rendering the views: {i}/{n}")
-            views_done(0, len(GRID_VIEWS) + 1)
-            views = self.render(gaussians, torch.cat([self.grid_viewmats(), pose.viewmat[None]]), sharpens,
-                                done=views_done)
-            views, input_view = views[:-1], views[-1]
+            cameras = torch.cat([self.grid_viewmats(), pose.viewmat[None], turned_viewmats(pose.viewmat,
+                                                                                         TURNED_VIEWS)])
+            views_done(0, len(cameras))
+            views = self.render(gaussians, cameras, sharpens, done=views_done)
+            n = len(GRID_VIEWS)
+            views, input_view, turned = views[:n], views[n], views[n + 1:]
             turntable = None
             if self.config.video:
                 frames_done = counted(0.6, 0.85, "rendering the turntable: frame {i}/{n}")
@@ -389,7 +399,7 @@ class Reconstructor:
                 turntable = self.render(gaussians, self.turntable_viewmats(), sharpens,
                                         self.config.video_size or self.config.size, done=frames_done)
         return Reconstruction(pre.source, pre, gaussians.to("cpu"), views, turntable, pose, input_view,
-                              times=times, sharpened=sharpens)
+                              times=times, sharpened=sharpens, turned=turned)
 
     def likeness(self, rec: Reconstruction) -> dict:
         """How much the head looks like the photo, and from every side: the PSNR of the input-view render
@@ -399,7 +409,6 @@ class Reconstructor:
         (:func:`back_colour_difference`, the back of the head against the top of the photo's head)."""
         from ..eval.metrics import psnr
         from ..preprocess.identity import DlibFaceEncoder
-        from .fit import turned_viewmats
 
         size = self.config.size
         matted = torch.from_numpy(resize_square(rec.preprocessed.image, size)).permute(2, 0, 1).float() / 255
@@ -414,10 +423,14 @@ class Reconstructor:
         out.update({"metric": "dlib euclidean distance (same person < 0.6)", "photo_face_found": photo is not None})
         if photo is None:
             return out
-        # the front is the grid's first view, already rendered; only the turned ones are new.
-        extra = self.render(rec.gaussians, turned_viewmats(rec.pose.viewmat, LIKENESS_TURNS), rec.sharpened)
+        # the front, the input view and the views.png turns are rendered already; only the other turns are new
+        done = dict(zip(TURNED_VIEWS, rec.turned, strict=True)) if rec.turned is not None else {}
+        todo = [t for t in LIKENESS_TURNS if t not in done]
+        if todo:
+            done.update(zip(todo, self.render(rec.gaussians, turned_viewmats(rec.pose.viewmat, tuple(todo)),
+                                              rec.sharpened), strict=True))
         views = {"input_view": rec.input_view, "yaw_+0": rec.views[0],
-                 **{f"turn_{t:+.0f}": v for t, v in zip(LIKENESS_TURNS, extra, strict=True)}}
+                 **{f"turn_{t:+.0f}": done[t] for t in LIKENESS_TURNS}}
         for name, image in views.items():
             e = metric.embed(np.ascontiguousarray(image))
             out[name] = None if e is None else round(metric.distance(photo, e), 4)
@@ -426,8 +439,6 @@ class Reconstructor:
     def back_delta_e(self, gaussians: Gaussians, pose: Pose, pre: Preprocessed) -> float:
         """:func:`back_colour_difference` of the head seen from behind (the input camera turned 180 degrees)
         against the top of the photo's head; NaN when either is empty."""
-        from .fit import turned_viewmats
-
         s = LIKENESS_CHECK_SIZE
         back_vm = turned_viewmats(pose.viewmat, (180.0,))
         with torch.inference_mode():
@@ -462,17 +473,25 @@ class Reconstructor:
 
     # -- pictures and metadata ------------------------------------------------------------------------------
     def views_image(self, rec: Reconstruction) -> np.ndarray:
-        """The labelled grid: the input crop and what the network saw (matted), then the six views.
+        """The labelled grid: the input crop and what the network saw (matted), then the views.
 
-        4 columns x 2 rows: [crop, front, left profile, right profile] / [matted input, back, above, below].
+        5 columns x 2 rows: [crop, front, left profile, right profile, back] / [matted input, the input camera
+        turned by :data:`TURNED_VIEWS` (towards the left ear, then the right), above, below]; without the
+        turned views (a :class:`Reconstruction` made by hand), 4 x 2: [crop, front, left profile, right
+        profile] / [matted input, back, above, below].
         """
         size = self.config.size
         crop = resize_square(rec.preprocessed.crop, size)
         matted = resize_square(rec.preprocessed.image, size)
         labels = [label for label, _, _ in GRID_VIEWS]
-        cells = [crop, *rec.views[:3], matted, *rec.views[3:]]
-        names = ["input crop", *labels[:3], "matted input", *labels[3:]]
-        return image_grid(cells, ncols=4, labels=names)
+        if rec.turned is None:
+            cells = [crop, *rec.views[:3], matted, *rec.views[3:]]
+            names = ["input crop", *labels[:3], "matted input", *labels[3:]]
+            return image_grid(cells, ncols=4, labels=names)
+        turned = [f"input camera, {abs(t):.0f} deg to the {'left' if t < 0 else 'right'} ear" for t in TURNED_VIEWS]
+        cells = [crop, *rec.views[:4], matted, *rec.turned, *rec.views[4:]]
+        names = ["input crop", *labels[:4], "matted input", *turned, *labels[4:]]
+        return image_grid(cells, ncols=5, labels=names)
 
     def input_view_image(self, rec: Reconstruction) -> np.ndarray:
         """The head rendered from the input camera beside the matted input it should look like."""

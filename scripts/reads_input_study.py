@@ -111,7 +111,7 @@ def main() -> None:
         swatch_figure(result, args.figure)
     print(format_tables(result))
     first = next(iter(models.values()))
-    report = {"colour": result.colour_summary, "yaw": result.yaw_summary}
+    report = {"colour": result.colour_summary, "yaw": result.yaw_summary, "back": result.back_summary}
     if not args.no_diagnose and first.config.decoder == "template":
         report["diagnostics"] = diagnose(first, args.data, args.max_subjects or 16)
         print(json.dumps(report["diagnostics"]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from perchead.model import PercHead, preset
@@ -98,7 +99,7 @@ def test_colour_summary_reports_delta_e_correlation_and_spread():
 def test_measure_on_a_toy_dataset(tmp_path):
     import pytest
 
-    from perchead.eval.reads_input import measure
+    from perchead.eval.reads_input import format_tables, measure
     from perchead.train.testing import write_toy_dataset
 
     root = write_toy_dataset(tmp_path / "toy", subjects=2, views=4, size=32, val=0)
@@ -110,6 +111,15 @@ def test_measure_on_a_toy_dataset(tmp_path):
     assert len(res.psnr_rows) == 2 * 3 * 3  # 2 subjects x 3 targets (all but the input) x 3 methods
     assert {r["bucket"] for r in res.yaw_summary} >= {"60-105", "150-180"}
     assert res.colour_rows == []  # the toy views have no segmentation maps
+    # the back view's lead over the flat silhouette, recomputed here from the rows (one back view a subject)
+    back = {r["method"]: r for r in res.back_summary}
+    assert set(back) == methods and all(r["subjects"] == 2 for r in back.values())
+    psnr = {(r["subject"], r["method"]): r["psnr"] for r in res.psnr_rows if r["role"] == "back"}
+    lead = np.array([psnr[s, "model"] - psnr[s, "silhouette_mean_colour"] for s in {s for s, _ in psnr}])
+    assert back["model"]["lead"] == pytest.approx(lead.mean())
+    assert back["model"]["lead_se"] == pytest.approx(lead.std(ddof=1) / np.sqrt(2))
+    assert np.isnan(back["silhouette_mean_colour"]["lead"])
+    assert "lead over silhouette_mean_colour" in format_tables(res)
     with pytest.raises(ValueError, match="no multi-view subject"):
         measure({"model": model}, root, split="test")
 

@@ -636,7 +636,8 @@ def write_reads_input(models: dict[str, PercHead], data: Path, config: EvalConfi
 
     res = measure(models, data, split=config.split, max_subjects=config.max_subjects)
     atomic_write_json(out / "reads_input.json", _jsonable(
-        {"colour_summary": res.colour_summary, "yaw_summary": res.yaw_summary, "colour_rows": res.colour_rows}))
+        {"colour_summary": res.colour_summary, "yaw_summary": res.yaw_summary, "back_summary": res.back_summary,
+         "colour_rows": res.colour_rows}))
     atomic_write_text(out / "reads_input.md", "# Does the network read its input?\n\n" + format_tables(res) + "\n")
     print(format_tables(res))
     if swatch_figure(res, out / "reads_input.png") is None:

@@ -54,7 +54,8 @@ class ReadsInputResult:
     colour_rows: list[dict[str, Any]]
     """per (subject, view, class, method): truth and render Lab medians, delta E"""
     psnr_rows: list[dict[str, Any]]
-    """per (subject, target view, method): yaw, pitch, psnr"""
+    """per (subject, target view, method): yaw, pitch, psnr, role (the view's name among ``COLOUR_VIEWS``, or
+    None)"""
     colour_summary: list[dict[str, Any]]
     yaw_summary: list[dict[str, Any]]
     back_summary: list[dict[str, Any]] = field(default_factory=list)

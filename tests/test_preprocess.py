@@ -356,7 +356,6 @@ def test_fallback_detectors_frame_the_same_head(astronaut, astronaut_result, det
     assert np.abs(np.array(r.crop_box) - ref).max() < 0.25 * side
 
 
-
 def test_dlib_boxes_without_keypoints_are_the_same_faces(astronaut):
     from perchead.preprocess import detect
 

@@ -155,12 +155,12 @@ def measure(models: dict[str, PercHead], data: str | Path | HeadDataset, split: 
                 if name == first_name:
                     alpha = r.alpha[0].numpy().reshape(truth.shape[:2] + (1,))
                     renders[SILHOUETTE] = alpha * mean_rgb.numpy() + (1 - alpha)
+            which = picked.get(view.name)
             for name, pred in renders.items():
                 mse = float(((pred - truth) ** 2).mean())
                 psnr_rows.append(dict(subject=subj.id, view=view.name, yaw=float(view.yaw_deg or 0.0),
                                       pitch=float(view.pitch_deg or 0.0), method=name,
-                                      psnr=10 * math.log10(1.0 / max(mse, 1e-10)), role=picked.get(view.name)))
-            which = picked.get(view.name)
+                                      psnr=10 * math.log10(1.0 / max(mse, 1e-10)), role=which))
             if which is None or lv.segmentation is None:
                 continue
             lab_truth = srgb_to_lab(truth)
@@ -217,7 +217,7 @@ def summarise_yaw(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def summarise_back(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per method, over the subjects with a back view: the mean back-view PSNR and the mean and standard error
     of the per-subject lead over ``silhouette_mean_colour`` (NaN for that method itself, or with one subject)."""
-    back = {(r["subject"], r["method"]): r["psnr"] for r in rows if r.get("role") == "back"}
+    back = {(r["subject"], r["method"]): r["psnr"] for r in rows if r["role"] == "back"}
     subjects = list(dict.fromkeys(s for s, _ in back))
     out = []
     for method in dict.fromkeys(m for _, m in back):

@@ -25,6 +25,7 @@ from perchead.inference.fit import (
     align_midline,
     densify,
     fit_head_height,
+    fit_head_width,
     fit_to_photo,
     mirror_index,
     photo_colours,
@@ -428,6 +429,66 @@ def test_the_head_above_the_brows_meets_the_top_of_the_matte(demo):
     assert result.height_scale < 0.95 and result.metadata(FitConfig())["height_scale"] == round(result.height_scale, 4)
 
 
+def upper_head_widths(g, mask: torch.Tensor) -> tuple[float, float]:
+    """Median width (pixels) of the head's silhouette and of ``mask`` [224, 224] over the rows from 25% to 45% of
+    the way down the head's silhouette (the skull above the brows, no ears), from the frontal camera."""
+    with torch.no_grad():
+        alpha = rasterize(g, Pose(0.0, 0.0).viewmat[None], camera_K(224)[None], 224, 224).alpha
+    head = alpha[0, ..., 0] > 0.5
+    rows = torch.nonzero(head.any(1))[:, 0]
+    top, bottom = int(rows.min()), int(rows.max())
+    band = range(top + (bottom - top) // 4, top + 45 * (bottom - top) // 100)
+
+    def width(m: torch.Tensor) -> float:
+        cols = [torch.nonzero(m[y])[:, 0] for y in band]
+        return float(torch.tensor([float(c.max() - c.min() + 1) for c in cols if len(c)]).median())
+
+    return width(head), width(mask > 0.5)
+
+
+def test_the_skull_meets_the_width_of_the_matte_at_the_temples(demo):
+    """The network gives every head about one skull size: wider than a short-haired man's (its outline stood
+    behind his face at +-45 degrees as a second head) and narrower than a bob. On a held-out synthetic head seen
+    from the front, with its own silhouette as the matte nothing changes; with the matte 6 px narrower on either
+    side the skull is narrowed towards it, with it 5 px wider widened; the face below its lower quarter and the
+    anchors there stay, and the depth behind the face shrinks with the width. The scale moves the Gaussians'
+    centres, not their sizes, so about a third of the gap stays. Measured on the skull above the brows (125 px
+    wide here): 12 px apart before the narrowing and 4 after (scale 0.89), 10 before the widening and 3 after (scale
+    1.09). Bounds: at most half the gap after."""
+    g, image, _ = frontal_head_at_224(demo)
+    t = template_inputs(demo)
+    vm, K = Pose(0.0, 0.0).viewmat, camera_K(224)
+    with torch.no_grad():
+        own = rasterize(g, vm[None], K[None], 224, 224).alpha[0, ..., 0]
+    same, anchors, scale = fit_head_width(g, t["anchors"], t["regions"], vm, K, own, 0.15, 0.6)
+    assert scale == 1.0 and same is g and anchors is t["anchors"]
+
+    matte = (own > 0.5).float()
+    narrower = matte * torch.roll(matte, 6, dims=1) * torch.roll(matte, -6, dims=1)
+    narrowed, anchors, scale = fit_head_width(g, t["anchors"], t["regions"], vm, K, narrower, 0.15, 0.6)
+    before, after = upper_head_widths(g, narrower), upper_head_widths(narrowed, narrower)
+    assert before[0] - before[1] > 8 and abs(after[0] - after[1]) <= (before[0] - before[1]) / 2, (before, after)
+    assert 0.85 <= scale < 0.95
+    low = float(t["anchors"][t["regions"] == FACE, 1].quantile(0.25))
+    below, anchors_below = g.means[:, 1] < low, t["anchors"][:, 1] < low
+    assert torch.equal(narrowed.means[below], g.means[below])
+    assert torch.equal(anchors[anchors_below], t["anchors"][anchors_below])
+    depth = float(g.means[:, 2].max() - g.means[:, 2].min())
+    assert float(narrowed.means[:, 2].max() - narrowed.means[:, 2].min()) < depth - 0.005
+
+    wider = torch.maximum(torch.roll(matte, 5, dims=1), torch.roll(matte, -5, dims=1))
+    widened, _, scale = fit_head_width(g, t["anchors"], t["regions"], vm, K, wider, 0.15, 0.6)
+    before, after = upper_head_widths(g, wider), upper_head_widths(widened, wider)
+    assert before[1] - before[0] > 6 and abs(after[0] - after[1]) <= (before[1] - before[0]) / 2, (before, after)
+    assert 1.04 < scale <= 1.15
+    # a matte that is not this head (the silhouette IoU below the bound) changes nothing, nor does 0
+    assert fit_head_width(g, t["anchors"], t["regions"], vm, K, torch.ones(224, 224), 0.15, 0.6)[2] == 1.0
+    assert fit_head_width(g, t["anchors"], t["regions"], vm, K, narrower, 0.0, 0.6)[2] == 1.0
+    result = fit_to_photo(g, image, narrower[None], FitConfig(steps=1, size=224, num_gaussians=4096),
+                          pose=Pose(0.0, 0.0, "given"), **t)
+    assert result.width_scale < 0.95 and result.metadata(FitConfig())["width_scale"] == round(result.width_scale, 4)
+
+
 def test_mirror_through_a_plane_beside_the_midline(demo):
     """Mirrored through x = 2 cm instead of the midline, the face's points (the front, within 5 cm of the
     midline) go to points up to 4 cm (twice the plane's offset) farther along x: less where the face curves
@@ -497,7 +558,7 @@ def test_nan_during_the_fit_is_a_clear_error(prediction, monkeypatch):
                                  dict(max_scale_growth=0.5), dict(free_regions=("tail",)), dict(free_min_outside=1.5),
                                  dict(free_min_facing=-1.5), dict(tune_steps=-1), dict(tune_lr=0.0),
                                  dict(tune_size=8), dict(tune_novel_weight=-1.0), dict(max_height_change=1.0),
-                                 dict(max_height_change=-0.1)])
+                                 dict(max_height_change=-0.1), dict(max_width_change=1.0)])
 def test_bad_fit_settings_are_refused(bad):
     with pytest.raises(ValueError):
         FitConfig(**bad)

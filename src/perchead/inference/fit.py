@@ -45,6 +45,7 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field, replace
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -154,6 +155,9 @@ class FitConfig:
     max_height_change: float = 0.15
     """the head above the brows may be stretched or squashed vertically by up to this share so that its top
     meets the top of the photo's matte (:func:`fit_head_height`); 0: the network's height"""
+    max_width_change: float = 0.15
+    """the skull may be scaled horizontally (its width, and its depth behind the face) by up to this share so that
+    its width at the temples meets the photo's matte's (:func:`fit_head_width`); 0: the network's width"""
     max_midline_offset: float = 0.045
     """metres: the left-right map mirrors through the photo's own face midline (:func:`photo_midline`) when it
     lands within this of the head's; farther, the face and the head disagree too much to mirror (no mirror,
@@ -189,8 +193,9 @@ class FitConfig:
             unknown = [r for r in getattr(self, name) if r not in REGION_NAMES]
             if unknown:
                 raise ValueError(f"{name} must be among {REGION_NAMES}, got {unknown}")
-        if not 0.0 <= self.max_height_change < 1.0:
-            raise ValueError(f"max_height_change is a share of the height, in [0, 1); got {self.max_height_change}")
+        for name in ("max_height_change", "max_width_change"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} is a share of the head's size, in [0, 1); got {getattr(self, name)}")
         if not -1.0 <= self.free_min_facing <= 1.0:
             raise ValueError(f"free_min_facing is a cosine, in [-1, 1]; got {self.free_min_facing}")
         if not 0.0 <= self.free_min_outside <= 1.0:
@@ -225,6 +230,8 @@ class FitResult:
     """whether :attr:`FitConfig.free_regions` were freed (:attr:`FitConfig.free_min_outside`)"""
     height_scale: float = 1.0
     """the vertical scale :func:`fit_head_height` gave the head above the brows (1: unchanged)"""
+    width_scale: float = 1.0
+    """the horizontal scale :func:`fit_head_width` gave the skull (1: unchanged)"""
     tune_losses: list[float] = field(default_factory=list)
     """the network's test-time tuning (:mod:`perchead.inference.tune`): its loss before each step and after
     the last (empty: not tuned)"""
@@ -243,6 +250,7 @@ class FitResult:
                 "midline_mm": None if self.midline is None else round(self.midline * 1000, 2),
                 "matte_outside": None if math.isnan(self.matte_outside) else round(self.matte_outside, 4),
                 "free_regions_freed": self.free_regions_freed, "height_scale": round(self.height_scale, 4),
+                "width_scale": round(self.width_scale, 4),
                 "tune_steps": max(0, len(self.tune_losses) - 1),
                 "tune_loss_first": round(self.tune_losses[0], 6) if self.tune_losses else None,
                 "tune_loss_last": round(self.tune_losses[-1], 6) if self.tune_losses else None,
@@ -492,6 +500,72 @@ def fit_head_height(gaussians: Gaussians, anchors: Tensor | None, regions: Tenso
             scale)
 
 
+WIDTH_TOLERANCE_PX = 2.0
+"""pixels (at the fit's size) by which the head's width at the temples and the matte's may differ before
+:func:`fit_head_width` acts"""
+
+
+def _run_width(row: np.ndarray, col: int) -> int:
+    """Length of the run of True in ``row`` through column ``col`` (0 where it is False)."""
+    if not row[col]:
+        return 0
+    left = np.flatnonzero(~row[:col])
+    right = np.flatnonzero(~row[col:])
+    return (col + (int(right[0]) if len(right) else len(row) - col)) - (int(left[-1]) + 1 if len(left) else 0)
+
+
+def fit_head_width(gaussians: Gaussians, anchors: Tensor | None, regions: Tensor, viewmat: Tensor, K: Tensor,
+                   mask: Tensor, max_change: float, min_iou: float = 0.0,
+                   backend: str = "auto") -> tuple[Gaussians, Tensor | None, float]:
+    """The skull scaled horizontally so that its width seen from ``viewmat`` at the temples meets the width of
+    the photo's matte there: the network gives every head about one skull size, wider than a short-haired
+    man's head (its outline then stood behind his face at +-45 degrees as a second head) and narrower than a
+    bob. Measured on the rows between the brows (the top fifth of the face region's rows) and 30% of the way up
+    to the head's top, each row's run of the silhouette and of the matte through the head's centre column,
+    where neither ears nor shoulders reach; the scale is the median of matte / head over those rows, within 1
+    +- ``max_change``, and nothing changes where the widths differ by at most :data:`WIDTH_TOLERANCE_PX` or
+    where the silhouette IoU with the matte is below ``min_iou``. The scale applies to x (about the head's
+    midline) and to the depth behind the face's front (a narrower skull is a shorter one), in full above the
+    brows and fading to none at the lower quarter of the face, so that the face the crop aligned stays and the
+    head has no seam. ``regions`` [N]: template region ids; the anchors, when given, move with the means.
+    Returns the Gaussians, the anchors and the scale."""
+    size = mask.shape[-1]
+    feats = torch.stack([(regions == NECK).float(), (regions == FACE).float()], -1)
+    with torch.no_grad():
+        share, alpha = render_features(gaussians.detach(), feats, viewmat[None], K[None], size, size,
+                                       backend=backend)
+    alpha = alpha[0, ..., 0]
+    share = share[0] / alpha[..., None].clamp_min(1e-6)
+    if head_iou(alpha, share[..., 0], mask) < min_iou:
+        return gaussians, anchors, 1.0
+    head, matte = (alpha > 0.5).cpu().numpy(), (mask > 0.5).cpu().numpy()
+    face_rows = np.flatnonzero((head & (share[..., 1] > 0.5).cpu().numpy()).any(1))
+    head_rows = np.flatnonzero(head.any(1))
+    if len(face_rows) < 8:
+        return gaussians, anchors, 1.0
+    brow = int(face_rows[0] + 0.2 * (face_rows[-1] - face_rows[0]))
+    if not head[brow].any():
+        return gaussians, anchors, 1.0
+    centre = int(np.flatnonzero(head[brow]).mean())
+    widths = [(_run_width(head[y], centre), _run_width(matte[y], centre))
+              for y in range(int(head_rows[0] + 0.3 * (brow - head_rows[0])), brow + 1)]
+    widths = np.array([w for w in widths if w[0] > 0 and w[1] > 0], dtype=np.float64).reshape(-1, 2)
+    if len(widths) < 4 or abs(float(np.median(widths[:, 0] - widths[:, 1]))) <= WIDTH_TOLERANCE_PX:
+        return gaussians, anchors, 1.0
+    scale = min(1 + max_change, max(1 - max_change, float(np.median(widths[:, 1] / widths[:, 0]))))
+    points = gaussians.means.detach() if anchors is None else anchors
+    face = points[regions == FACE]
+    low, pivot = float(face[:, 1].quantile(0.25)), float(face[:, 1].quantile(0.75))
+    front = float(face[:, 2].quantile(0.9))
+
+    def scaled(p: Tensor) -> Tensor:
+        f = 1 + (scale - 1) * ((p[:, 1:2] - low) / max(pivot - low, 1e-6)).clamp(0, 1)
+        return torch.cat([p[:, :1] * f, p[:, 1:2], p[:, 2:3] + (f - 1) * (p[:, 2:3] - front)], -1)
+
+    return (gaussians.replace(means=scaled(gaussians.means)), None if anchors is None else scaled(anchors),
+            scale)
+
+
 def paint(gaussians: Gaussians, colour: Tensor, weight: Tensor, prior_visibility: float) -> Gaussians:
     """Blend each Gaussian's colour toward ``colour`` by how well it is seen (``weight`` pixels of compositing
     weight, half way at ``prior_visibility``): unseen ones keep the prediction's."""
@@ -688,11 +762,15 @@ def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anch
         pose, _ = align_midline(gaussians, pose, img[0], msk[0], cfg.max_camera_shift, backend, pixels=pixels)
     vm = pose.viewmat.to(device)
     K = camera_K(size).to(device)[None]
-    height_scale = 1.0
+    height_scale = width_scale = 1.0
     if cfg.max_height_change > 0 and regions is not None:
         gaussians, anchors, height_scale = fit_head_height(gaussians, anchors, regions.to(device), vm, K[0],
                                                            msk[0, 0], cfg.max_height_change,
                                                            cfg.min_silhouette_iou, backend)
+    if cfg.max_width_change > 0 and regions is not None:
+        gaussians, anchors, width_scale = fit_head_width(gaussians, anchors, regions.to(device), vm, K[0],
+                                                         msk[0, 0], cfg.max_width_change, cfg.min_silhouette_iou,
+                                                         backend)
 
     dense, parents = densify(gaussians.detach(), cfg.num_gaussians or len(gaussians))
     colour, weight = photo_colours(dense, vm, img[0], msk[0], backend)
@@ -813,7 +891,7 @@ def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anch
     fitted, losses, l1s = optimise(params, trust, total_loss, cfg, anchors is not None, progress, after_step)
     return FitResult(fitted, pose, cfg.steps, losses, l1s, time.perf_counter() - start,
                      float((seen > 0.5).float().mean()), iou, geometry, warnings, midline, outside, bool(free.any()),
-                     height_scale)
+                     height_scale, width_scale=width_scale)
 
 
 @dataclass
@@ -924,7 +1002,8 @@ def optimise(params: FitParams, trust: Tensor, total_loss: Callable[[], tuple[Te
     return fitted, losses, (first_l1, float(l1))
 
 
-__all__ = ["HEIGHT_TOLERANCE_PX", "FitConfig", "FitDivergedError", "FitParams", "FitProgress", "FitResult", "Prior",
-           "TrustAdam", "align_midline", "child_grid", "densify", "fit_head_height", "fit_to_photo", "head_iou",
-           "matte_outside", "midline_pixels", "mirror_index", "optimise", "paint", "photo_colours", "photo_midline",
-           "project_appearance", "template_inputs", "turned_viewmats", "view_loss"]
+__all__ = ["HEIGHT_TOLERANCE_PX", "WIDTH_TOLERANCE_PX", "FitConfig", "FitDivergedError", "FitParams", "FitProgress",
+           "FitResult", "Prior", "TrustAdam", "align_midline", "child_grid", "densify", "fit_head_height",
+           "fit_head_width", "fit_to_photo", "head_iou", "matte_outside", "midline_pixels", "mirror_index",
+           "optimise", "paint", "photo_colours", "photo_midline", "project_appearance", "template_inputs",
+           "turned_viewmats", "view_loss"]

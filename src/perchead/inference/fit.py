@@ -520,7 +520,7 @@ def fit_head_width(gaussians: Gaussians, anchors: Tensor | None, regions: Tensor
     """The skull scaled horizontally so that its width seen from ``viewmat`` at the temples meets the width of
     the photo's matte there: the network gives every head about one skull size, wider than a short-haired
     man's head (its outline then stood behind his face at +-45 degrees as a second head) and narrower than a
-    bob. Measured on the rows between the brows (the top fifth of the face region's rows) and 30% of the way up
+    bob. Measured on the rows between the brows (a fifth of the way down the face region's rows) and 30% of the way up
     to the head's top, each row's run of the silhouette and of the matte through the head's centre column,
     where neither ears nor shoulders reach; the scale is the median of matte / head over those rows, within 1
     +- ``max_change``, and nothing changes where the widths differ by at most :data:`WIDTH_TOLERANCE_PX` or

@@ -442,6 +442,24 @@ def align_midline(gaussians: Gaussians, pose: Pose, image: Tensor, mask: Tensor,
     return pose, current
 
 
+def _trusted_silhouette(gaussians: Gaussians, regions: Tensor, also: tuple[int, ...], viewmat: Tensor, K: Tensor,
+                       mask: Tensor, min_iou: float, backend: str = "auto") -> tuple[Tensor, Tensor] | None:
+    """The head seen from ``viewmat`` at the size of ``mask`` [S, S]: its alpha [S, S] and the share of it [S, S,
+    1 + len(also)] of the neck region (what :func:`head_iou` leaves out) and of each region id in ``also``; None
+    where the silhouette IoU with the matte is below ``min_iou`` (the matte or the camera is not trusted), so
+    that the head's size is fitted only to a matte of this head."""
+    size = mask.shape[-1]
+    feats = torch.stack([(regions == r).float() for r in (NECK, *also)], -1)
+    with torch.no_grad():
+        share, alpha = render_features(gaussians.detach(), feats, viewmat[None], K[None], size, size,
+                                       backend=backend)
+    alpha = alpha[0, ..., 0]
+    share = share[0] / alpha[..., None].clamp_min(1e-6)
+    if head_iou(alpha, share[..., 0], mask) < min_iou:
+        return None
+    return alpha, share
+
+
 HEIGHT_TOLERANCE_PX = 1.0
 """pixels (at the fit's size) by which the head's top and the matte's may differ before :func:`fit_head_height`
 acts: on held-out synthetic heads, whose matte is their own silhouette, they differ by at most one pixel at
@@ -462,20 +480,16 @@ def fit_head_height(gaussians: Gaussians, anchors: Tensor | None, regions: Tenso
     region ids; the anchors, when given, are scaled with the means. Returns the Gaussians, the anchors and
     the scale."""
     size = mask.shape[-1]
-    neck = (regions == NECK).float()[:, None]
-    with torch.no_grad():
-        share, alpha = render_features(gaussians.detach(), neck, viewmat[None], K[None], size, size,
-                                       backend=backend)
-    alpha, share = alpha[0, ..., 0], share[0, ..., 0]
-    if head_iou(alpha, share / alpha.clamp_min(1e-6), mask) < min_iou:
+    seen = _trusted_silhouette(gaussians, regions, (), viewmat, K, mask, min_iou, backend)
+    if seen is None:
         return gaussians, anchors, 1.0
-    head, matte = alpha > 0.5, mask > 0.5
+    head, matte = seen[0] > 0.5, mask > 0.5
     cols = torch.nonzero(head.any(0))[:, 0]
     if len(cols) < 8:
         return gaussians, anchors, 1.0
     lo, hi = int(cols.min()), int(cols.max())
     lo, hi = lo + (hi - lo) // 4, hi - (hi - lo) // 4
-    rows = torch.arange(size, device=mask.device, dtype=alpha.dtype)[:, None]
+    rows = torch.arange(size, device=mask.device, dtype=torch.float32)[:, None]
     top_head = torch.where(head[:, lo:hi + 1], rows, size).amin(0)
     top_matte = torch.where(matte[:, lo:hi + 1], rows, size).amin(0)
     both = (top_head < size) & (top_matte < size)
@@ -529,15 +543,10 @@ def fit_head_width(gaussians: Gaussians, anchors: Tensor | None, regions: Tensor
     brows and fading to none at the lower quarter of the face, so that the face the crop aligned stays and the
     head has no seam. ``regions`` [N]: template region ids; the anchors, when given, move with the means.
     Returns the Gaussians, the anchors and the scale."""
-    size = mask.shape[-1]
-    feats = torch.stack([(regions == NECK).float(), (regions == FACE).float()], -1)
-    with torch.no_grad():
-        share, alpha = render_features(gaussians.detach(), feats, viewmat[None], K[None], size, size,
-                                       backend=backend)
-    alpha = alpha[0, ..., 0]
-    share = share[0] / alpha[..., None].clamp_min(1e-6)
-    if head_iou(alpha, share[..., 0], mask) < min_iou:
+    seen = _trusted_silhouette(gaussians, regions, (FACE,), viewmat, K, mask, min_iou, backend)
+    if seen is None:
         return gaussians, anchors, 1.0
+    alpha, share = seen
     head, matte = (alpha > 0.5).cpu().numpy(), (mask > 0.5).cpu().numpy()
     face_rows = np.flatnonzero((head & (share[..., 1] > 0.5).cpu().numpy()).any(1))
     head_rows = np.flatnonzero(head.any(1))

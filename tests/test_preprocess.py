@@ -464,3 +464,72 @@ def test_mediapipe_native_log_lines_are_silenced_unless_verbose():
     assert "done" in quiet.stdout
     assert "W0000" not in quiet.stderr and "XNNPACK" not in quiet.stderr, quiet.stderr
     assert "W0000" in loud.stderr or "XNNPACK" in loud.stderr, loud.stderr
+
+
+# ------------------------------------------------------------------------------------------ background trim
+def _beside_the_face(result, rgb_value, rows=(-40, 40), width=70):
+    """The crop and matte of ``result`` with a patch of ``rgb_value`` (+ noise) joined to the matte's left edge
+    at the face's height, as a person segmenter keeps a shirt or a wall touching the head; and the patch."""
+    rgb, mask = result.crop.copy(), result.mask.copy()
+    _, cy, _ = _face_centre_in_crop(result)
+    y0, y1 = int(cy) + rows[0], int(cy) + rows[1]
+    x_edge = int(min(np.nonzero(mask[y] >= 0.5)[0].min() for y in range(y0, y1)))
+    patch = np.zeros(mask.shape, bool)
+    patch[y0:y1, x_edge - width:x_edge + 3] = True
+    patch &= mask < 0.5
+    noise = np.random.default_rng(0).normal(0, 5, (int(patch.sum()), 3))
+    rgb[patch] = np.clip(np.asarray(rgb_value, float) + noise, 0, 255).astype(np.uint8)
+    mask[patch] = 1.0
+    return rgb, mask, patch
+
+
+def test_trim_takes_out_background_the_segmenter_kept(astronaut_result):
+    from perchead.preprocess.detect import face_mesh_landmarks
+    from perchead.preprocess.matting import trim_background
+
+    r = astronaut_result
+    background = np.median(r.crop[r.mask < 0.01], axis=0)
+    rgb, mask, patch = _beside_the_face(r, background)
+    trimmed = trim_background(rgb, mask, face_mesh_landmarks(rgb))
+    assert (trimmed <= mask + 1e-6).all(), "the trim never adds to the matte"
+    assert trimmed[patch].mean() < 0.2, f"the kept background is still {trimmed[patch].mean():.0%} opaque"
+    head = r.mask >= 0.5
+    assert trimmed[head].sum() >= 0.97 * r.mask[head].sum(), "the head itself is kept"
+    assert trimmed[head].mean() > 0.97
+
+
+def test_trim_beside_a_turned_face_only(astronaut_result):
+    """A skin-coloured patch joined to the matte beside the cheek at the face's height stays beside a frontal
+    face (an ear, a neck) and beside the near cheek of a turned one, and goes beside its far cheek, where only
+    background (a wall the colour of skin) can be. The turn is Face Mesh's nose tip moved to one side."""
+    from perchead.preprocess.detect import face_mesh_landmarks
+    from perchead.preprocess.matting import FAR_SIDE_TURN, trim_background
+
+    r = astronaut_result
+    skin = np.median(r.crop[r.mask >= 0.5][r.crop[r.mask >= 0.5][:, 0] > 150], axis=0)
+    rgb, mask, patch = _beside_the_face(r, skin)  # on the image's left
+    landmarks = face_mesh_landmarks(r.crop)
+    middle = (landmarks[:, 0].max() + landmarks[:, 0].min()) / 2
+    width = landmarks[:, 0].max() - landmarks[:, 0].min()
+    head = r.mask >= 0.5
+    for side, kept in ((0.0, True), (-1.0, False), (1.0, True)):
+        turned = landmarks.copy()
+        turned[1, 0] = middle + side * 1.5 * FAR_SIDE_TURN * width
+        trimmed = trim_background(rgb, mask, turned)
+        assert (trimmed[patch].mean() > 0.8) if kept else (trimmed[patch].mean() < 0.2), (side, trimmed[patch].mean())
+        assert trimmed[head].mean() > 0.97
+
+
+def test_trim_background_leaves_trivial_mattes_alone():
+    from perchead.preprocess.matting import trim_background
+
+    rgb = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    for alpha in (np.zeros((64, 64), np.float32), np.ones((64, 64), np.float32)):
+        assert np.array_equal(trim_background(rgb, alpha, None), alpha)
+
+
+def test_trim_can_be_turned_off(astronaut):
+    plain = preprocess_image(astronaut, trim_background=False)
+    trimmed = preprocess_image(astronaut)
+    assert (trimmed.mask <= plain.mask + 1e-6).all()
+    assert trimmed.mask[plain.mask >= 0.5].mean() > 0.95

@@ -4,6 +4,10 @@ MediaPipe Selfie Segmentation (weights inside the mediapipe wheel) gives a soft 
 ("general", model 0) or 256x144 ("landscape", model 1). Its raw output has stray blobs (a flag, a chair)
 and a blurry, upsampled edge; :func:`refine_mask` keeps only the person whose face we crop, fills holes, and
 sharpens the edge while keeping it soft over a few pixels so the composite has no jaggies.
+
+A person mask is not a head mask: it keeps a second person's shirt behind the head, and a wall the colour of
+skin beside a turned face. :func:`trim_background` takes such blobs out again with OpenCV's GrabCut (colour
+models of the person and of the background, seeded by the matte and the face's landmarks).
 """
 
 from __future__ import annotations
@@ -67,6 +71,85 @@ def refine_mask(soft: np.ndarray, face_box: tuple[float, float, float, float] | 
     # Filled holes deep inside are in ``inner`` and so opaque, whatever the model scored them.
     alpha = np.where(inner, 1.0, np.where(near, edge, 0.0))
     return alpha.astype(np.float32)
+
+
+TRIM_MIN_WIDTH = 0.03
+"""a blob the trim takes out is at least this wide (share of the crop): thinner slivers along the matte's edge
+are where GrabCut's hard cut and the matte's soft edge disagree, not background, and stay"""
+FAR_SIDE_TURN = 0.15
+"""how far the nose tip sits from the middle of the face's landmarks (share of their width) for the face to
+count as turned: beside a turned face's far cheek there is only background (or hair) at the face's height"""
+
+
+def trim_background(rgb: np.ndarray, alpha: np.ndarray, landmarks: np.ndarray | None,
+                    iterations: int = 4) -> np.ndarray:
+    """``alpha`` without the background blobs a person segmenter keeps (float32 [H, W]; never adds).
+
+    GrabCut (``cv2.grabCut``, at half resolution) is seeded with: sure foreground in the face (the hull of the
+    Face Mesh ``landmarks`` [478, 2], pixels) and deep inside the matte; probable foreground in the rest of
+    the matte; probable background in a ring around it and, on a turned face, beside the far cheek between
+    the eyes and the chin; sure background beyond. What it calls background inside the matte below the top of
+    the forehead, opened by a disc of :data:`TRIM_MIN_WIDTH` (slivers stay), is taken out with a soft edge,
+    and so is what that leaves cut off from the head."""
+    import cv2
+
+    h, w = alpha.shape
+    small = np.ascontiguousarray(rgb[::2, ::2, :3][..., ::-1])  # BGR, as OpenCV's GrabCut models colours
+    sh, sw = small.shape[:2]
+    fg = alpha[::2, ::2] >= 0.5
+    if not fg.any() or fg.all():
+        return alpha
+    ring = int(round(0.025 * sw))
+    labels = np.full((sh, sw), cv2.GC_BGD, np.uint8)
+    labels[ndimage.binary_dilation(fg, iterations=ring)] = cv2.GC_PR_BGD
+    labels[fg] = cv2.GC_PR_FGD
+    far = np.zeros_like(fg)
+    face = np.zeros((sh, sw), np.uint8)
+    if landmarks is not None:
+        pts = landmarks / 2.0
+        cv2.fillConvexPoly(face, cv2.convexHull(np.round(pts).astype(np.int32)), 1)
+        lo, hi = pts[:, 0].min(), pts[:, 0].max()
+        turn = (pts[1, 0] - (lo + hi) / 2) / max(hi - lo, 1e-6)  # landmark 1 is the nose tip
+        if abs(turn) >= FAR_SIDE_TURN:
+            # from the eyes (468 / 473: the irises) to the chin (152), beyond the face's hull on the nose's side
+            top, bottom = int(max(0, min(pts[468, 1], pts[473, 1]))), int(min(sh, pts[152, 1]))
+            margin = int(round(0.01 * sw))
+            for y in range(top, bottom):
+                xs = np.nonzero(face[y])[0]
+                if len(xs):
+                    if turn < 0:
+                        far[y, :max(xs.min() - margin, 0)] = True
+                    else:
+                        far[y, xs.max() + margin:] = True
+            labels[far & fg] = cv2.GC_PR_BGD
+    core = ndimage.binary_erosion(fg, iterations=2 * ring, border_value=1) & ~far
+    labels[core | (face > 0)] = cv2.GC_FGD
+    if not (labels == cv2.GC_FGD).any():
+        return alpha
+    models = np.zeros((1, 65)), np.zeros((1, 65))
+    cv2.setRNGSeed(0)  # GrabCut's k-means draws from OpenCV's global RNG: the same photo, the same matte
+    cv2.grabCut(small, labels, None, *models, iterations, cv2.GC_INIT_WITH_MASK)
+    out = fg & ((labels == cv2.GC_BGD) | (labels == cv2.GC_PR_BGD))
+    if landmarks is not None:
+        # Above the hairline (10: the top of Face Mesh's forehead) is hair or a hat, which GrabCut confuses
+        # with a background of its colour (a blonde's crown against a beige wall); a person segmenter's misses
+        # are beside and below the face: another person, a wall beside a turned face.
+        out[:max(int(pts[10, 1]), 0)] = False
+    width = max(1, int(round(TRIM_MIN_WIDTH * sw)))
+    disc = np.hypot(*np.mgrid[-width // 2:width // 2 + 1, -width // 2:width // 2 + 1]) <= width / 2
+    out = ndimage.binary_opening(out, structure=disc)
+    if not out.any():
+        return alpha
+    full = np.repeat(np.repeat(out, 2, 0), 2, 1)[:h, :w].astype(np.float32)
+    full = np.pad(full, ((0, h - full.shape[0]), (0, w - full.shape[1])), mode="edge")
+    soft = np.clip(ndimage.gaussian_filter(full, 1.0) * 2.0, 0.0, 1.0)  # its whole blob, and a 1-2 px fade
+    trimmed = alpha * (1.0 - soft)
+    # what a cut leaves beyond the blob, cut off from the head, goes with it (one person, as refine_mask keeps)
+    parts, n = ndimage.label(trimmed >= 0.5)
+    if n > 1:
+        head = int(np.argmax(np.bincount(parts.ravel())[1:])) + 1
+        trimmed[(parts != head) & (parts > 0)] = 0.0
+    return trimmed.astype(np.float32)
 
 
 def composite(rgb: np.ndarray, alpha: np.ndarray,

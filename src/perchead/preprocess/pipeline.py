@@ -24,9 +24,9 @@ from .crop import (
     outside_fraction,
     square_box,
 )
-from .detect import DEFAULT_DETECTORS, detect_faces, detect_faces_tiled, refine_keypoints
+from .detect import DEFAULT_DETECTORS, detect_faces, detect_faces_tiled, face_mesh_landmarks, refine_keypoints
 from .io import DEFAULT_MAX_DECODE_PIXELS, DEFAULT_MAX_PIXELS, ImageInput, SourceImage, open_image
-from .matting import composite, person_mask, refine_mask
+from .matting import composite, person_mask, refine_mask, trim_background
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,9 @@ class PreprocessConfig:
     """an input alpha channel: auto = replace the segmentation when the alpha is not all opaque"""
     edge_sharpness: float = 2.0
     """mask edge contrast around 0.5 (1 keeps the segmenter's blur)"""
+    trim_background: bool = True
+    """take background blobs the person segmentation kept (a shirt behind the head, a wall beside a turned
+    face) out of its matte again (:func:`~perchead.preprocess.matting.trim_background`)"""
     background: tuple[int, int, int] = (255, 255, 255)
     """colour composited behind the matted head"""
     pad_mode: Literal["edge", "constant"] = "edge"
@@ -248,6 +251,8 @@ def preprocess_image(source: ImageInput, config: PreprocessConfig | None = None,
         mask = alpha_in
     else:
         mask = refine_mask(person_mask(rgb, cfg.selfie_model), face_in_crop, cfg.edge_sharpness)
+        if cfg.trim_background:
+            mask = trim_background(rgb, mask, face_mesh_landmarks(rgb) if faces else None)
         if use_alpha == "multiply":
             mask = mask * alpha_in
     mask = np.asarray(mask, dtype=np.float32)

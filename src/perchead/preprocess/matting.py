@@ -76,6 +76,11 @@ def refine_mask(soft: np.ndarray, face_box: tuple[float, float, float, float] | 
 TRIM_MIN_WIDTH = 0.03
 """a blob the trim takes out is at least this wide (share of the crop): thinner slivers along the matte's edge
 are where GrabCut's hard cut and the matte's soft edge disagree, not background, and stay"""
+TRIM_MIN_AREA = 0.01
+"""and covers at least this share of the crop: a bite out of the hair or the collar is more often GrabCut's error
+than background, and the fit downstream answers even a small change of the matte with a different camera"""
+TRIM_BELOW_CHIN = 0.25
+"""the trim reaches this far below the chin (share of the face's height, forehead to chin)"""
 FAR_SIDE_TURN = 0.15
 """how far the nose tip sits from the middle of the face's landmarks (share of their width) for the face to
 count as turned: beside a turned face's far cheek there is only background (or hair) at the face's height"""
@@ -89,7 +94,8 @@ def trim_background(rgb: np.ndarray, alpha: np.ndarray, landmarks: np.ndarray | 
     Face Mesh ``landmarks`` [478, 2], pixels) and deep inside the matte; probable foreground in the rest of
     the matte; probable background in a ring around it and, on a turned face, beside the far cheek between
     the eyes and the chin; sure background beyond. What it calls background inside the matte below the top of
-    the forehead, opened by a disc of :data:`TRIM_MIN_WIDTH` (slivers stay), is taken out with a soft edge,
+    the forehead and down to :data:`TRIM_BELOW_CHIN` below the chin, opened by a disc of :data:`TRIM_MIN_WIDTH`
+    (slivers stay), in blobs of at least :data:`TRIM_MIN_AREA` of the crop, is taken out with a soft edge,
     and so is what that leaves cut off from the head."""
     import cv2
 
@@ -135,9 +141,16 @@ def trim_background(rgb: np.ndarray, alpha: np.ndarray, landmarks: np.ndarray | 
         # with a background of its colour (a blonde's crown against a beige wall); a person segmenter's misses
         # are beside and below the face: another person, a wall beside a turned face.
         out[:max(int(pts[10, 1]), 0)] = False
+        # Below the chin is clothing, whose metal and white parts GrabCut also takes for a grey backdrop; the
+        # fit frees the neck for it anyway (FitConfig.free_regions).
+        out[int(pts[152, 1] + TRIM_BELOW_CHIN * (pts[152, 1] - pts[10, 1])):] = False
     width = max(1, int(round(TRIM_MIN_WIDTH * sw)))
     disc = np.hypot(*np.mgrid[-width // 2:width // 2 + 1, -width // 2:width // 2 + 1]) <= width / 2
     out = ndimage.binary_opening(out, structure=disc)
+    blobs, n = ndimage.label(out)
+    if n:
+        big = np.flatnonzero(np.bincount(blobs.ravel())[1:] >= TRIM_MIN_AREA * out.size) + 1
+        out = np.isin(blobs, big)
     if not out.any():
         return alpha
     full = np.repeat(np.repeat(out, 2, 0), 2, 1)[:h, :w].astype(np.float32)

@@ -143,7 +143,7 @@ def trim_background(rgb: np.ndarray, alpha: np.ndarray, landmarks: np.ndarray | 
         out[:max(int(pts[10, 1]), 0)] = False
         # Below the chin is clothing, whose metal and white parts GrabCut also takes for a grey backdrop; the
         # fit frees the neck for it anyway (FitConfig.free_regions).
-        out[int(pts[152, 1] + TRIM_BELOW_CHIN * (pts[152, 1] - pts[10, 1])):] = False
+        out[max(int(pts[152, 1] + TRIM_BELOW_CHIN * (pts[152, 1] - pts[10, 1])), 0):] = False
     width = max(1, int(round(TRIM_MIN_WIDTH * sw)))
     disc = np.hypot(*np.mgrid[-width // 2:width // 2 + 1, -width // 2:width // 2 + 1]) <= width / 2
     out = ndimage.binary_opening(out, structure=disc)

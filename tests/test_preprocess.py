@@ -537,3 +537,4 @@ def test_a_clean_matte_is_not_trimmed(astronaut, astronaut_result):
     plain = preprocess_image(astronaut, trim_background=False)
     assert np.array_equal(astronaut_result.mask, plain.mask)
     assert np.array_equal(astronaut_result.image, plain.image)
+    assert astronaut_result.metadata()["trimmed"] == 0.0

@@ -110,6 +110,8 @@ class Preprocessed:
     warnings: list[str] = field(default_factory=list)
     roll_deg: float = 0.0
     """the crop is ``crop_box`` turned by this about its centre (counter-clockwise as seen; the eyes' tilt)"""
+    trimmed: float = 0.0
+    """share of the person mask's alpha that :func:`~perchead.preprocess.matting.trim_background` took out"""
 
     def metadata(self) -> dict:
         """Everything but the pixels, JSON-serialisable."""
@@ -118,7 +120,7 @@ class Preprocessed:
             "source": self.source, "original_size": list(self.original_size),
             "size": int(self.image.shape[0]), "crop_box": box(self.crop_box), "face_box": box(self.face_box),
             "head_box": box(self.head_box), "roll_deg": round(float(self.roll_deg), 3), "detector": self.detector,
-            "num_faces": self.num_faces, "warnings": list(self.warnings),
+            "num_faces": self.num_faces, "trimmed": round(float(self.trimmed), 4), "warnings": list(self.warnings),
             "K": self.camera.Ks[0].tolist(), "viewmat": self.camera.viewmats[0].tolist(),
         }
 
@@ -243,6 +245,7 @@ def preprocess_image(source: ImageInput, config: PreprocessConfig | None = None,
         face_in_crop = tuple(v + moved[i % 2] for i, v in enumerate(face_in_crop))
 
     use_alpha = cfg.use_alpha if has_alpha else "ignore"
+    trimmed = 0.0
     if cfg.matting == "alpha" and not has_alpha:
         raise ValueError(f"{src.name}: matting='alpha' needs an image with a transparent background (RGBA)")
     if cfg.matting == "none":
@@ -252,7 +255,9 @@ def preprocess_image(source: ImageInput, config: PreprocessConfig | None = None,
     else:
         mask = refine_mask(person_mask(rgb, cfg.selfie_model), face_in_crop, cfg.edge_sharpness)
         if cfg.trim_background:
+            person = mask
             mask = trim_background(rgb, mask, face_mesh_landmarks(rgb) if faces else None)
+            trimmed = 1.0 - float(mask.sum()) / max(float(person.sum()), 1e-6)
         if use_alpha == "multiply":
             mask = mask * alpha_in
     mask = np.asarray(mask, dtype=np.float32)
@@ -267,7 +272,7 @@ def preprocess_image(source: ImageInput, config: PreprocessConfig | None = None,
         image=composite(rgb, mask, cfg.background), crop=np.ascontiguousarray(rgb), mask=mask,
         camera=input_camera(cfg.size), crop_box=tuple(float(v) for v in crop_box), face_box=face_box,
         head_box=head_box, detector=detector or "whole-image", num_faces=len(faces), source=src.name,
-        original_size=src.size, warnings=notes, roll_deg=roll,
+        original_size=src.size, warnings=notes, roll_deg=roll, trimmed=trimmed,
     )
 
 

@@ -19,9 +19,10 @@ rather than from a picture painted for one camera (issue 28):
    take the colour of the photo pixels they contribute to (:func:`photo_colours`); a Gaussian whose mirror
    image through the template's left-right map (:func:`mirror_index`, through the photo's own face midline:
    :func:`photo_midline`) is seen better takes that one's colour (the far cheek from the near one); the rest
-   of the skin (face, ears, neck) takes the colour its template region has where the photo shows it, with the
-   network's shading on top, and the rest of the hair keeps the network's colours (it reads its input: the
-   back already has the photo's hair colour); :attr:`FitConfig.repaint_regions`.
+   of the skin (face, ears, neck) takes the colour its template region has where the photo shows it (a neck
+   band by band of height: skin under the chin, the collar lower down), with the network's shading on top,
+   and the rest of the hair keeps the network's colours (it reads its input: the back already has the photo's
+   hair colour); :attr:`FitConfig.repaint_regions`.
 4. A bounded refinement (Adam) on the input view (L1 + SSIM and the matte as alpha): Gaussians move only
    along their template normal and within :attr:`FitConfig.normal_bound`, their scales never grow past
    :attr:`FitConfig.max_scale_growth` times the prediction's (no stretching into the unseen depth), grazing
@@ -584,6 +585,10 @@ def paint(gaussians: Gaussians, colour: Tensor, weight: Tensor, prior_visibility
 
 REGION_FALLBACK = {EARS: FACE, NECK: FACE}
 """a region the photo does not show takes the colour of this one (ears under hair, a neck in shadow: skin)"""
+BANDED = {NECK: 4}
+"""regions whose unseen part takes, band by band of height (this many bands of equal count), the colour the photo
+shows in that band: what a photo shows of a neck is skin under the chin and a collar, a shirt or long hair
+lower down, and one median of all of it painted the back of a suited man's neck grey"""
 SHADING_KEPT = 0.5
 """share of the network's own colour variation (about its region's mean) kept on the Gaussians coloured by
 their region: the shading of the hair and the skin, without its generic colour"""
@@ -629,6 +634,14 @@ def project_appearance(gaussians: Gaussians, colour: Tensor, weight: Tensor, pri
             continue  # nothing of it in the photo, or the network's colour kept: the network's colour
         sel = regions == r
         unseen[sel] = target + SHADING_KEPT * (pred[sel] - pred[sel].mean(0))
+        if r in BANDED:
+            edges = torch.quantile(height[sel], torch.linspace(0, 1, BANDED[r] + 1, device=pred.device)[1:-1])
+            band = torch.bucketize(height.contiguous(), edges)
+            for b in range(BANDED[r]):
+                in_band = sel & (band == b)
+                c = region_colour(colour[in_band], seen[in_band], height[in_band], False)
+                if c is not None:
+                    unseen[in_band] = c + SHADING_KEPT * (pred[in_band] - pred[sel].mean(0))
     rgb = seen[:, None] * colour + (1 - seen[:, None]) * unseen.clamp(0, 1)
     return gaussians.replace(sh=rgb_to_sh_dc(rgb.clamp(0, 1)).unsqueeze(-2)), seen
 

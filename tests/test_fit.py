@@ -23,6 +23,7 @@ from perchead.inference.fit import (
     FitDivergedError,
     TrustAdam,
     align_midline,
+    banded_colour,
     densify,
     fit_head_height,
     fit_head_width,
@@ -178,6 +179,21 @@ def test_an_unseen_neck_takes_the_colour_the_photo_shows_at_its_height(demo, pre
             float((painted.rgb[bottom].mean(0) - collar).abs().max())]
     # Measured: 0.004 and 0.002 (one median of the whole neck: 0.55 from the collar); bound 0.1.
     assert max(gaps) < 0.1, gaps
+
+
+def test_banded_colour_steps_nowhere():
+    """Colours by height go linearly between the bands' middles (a hard step at each band's edge showed as a
+    stripe round the neck) and stay constant beyond the outer ones; with no band seen, the default."""
+    height = torch.linspace(0, 1, 401)
+    colour = (height >= 0.5).float()[:, None].expand(-1, 3)
+    out = banded_colour(colour, torch.ones(401), height, 4, torch.full((3,), 0.3))[:, 0]
+    middles = torch.tensor([0.125, 0.375, 0.625, 0.875])
+    assert torch.allclose(out[height <= 0.375], torch.zeros(1)) and torch.allclose(out[height >= 0.625], torch.ones(1))
+    ramp = (height > 0.38) & (height < 0.62)
+    assert torch.allclose(out[ramp], (height[ramp] - middles[1]) / 0.25, atol=0.01)
+    assert bool((out[1:] >= out[:-1]).all())
+    none_seen = banded_colour(colour, torch.zeros(401), height, 4, torch.full((3,), 0.3))
+    assert torch.allclose(none_seen, torch.full((401, 3), 0.3))
 
 
 def test_photo_colours_are_the_pixels_each_gaussian_draws(prediction):

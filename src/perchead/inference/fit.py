@@ -20,7 +20,7 @@ rather than from a picture painted for one camera (issue 28):
    image through the template's left-right map (:func:`mirror_index`, through the photo's own face midline:
    :func:`photo_midline`) is seen better takes that one's colour (the far cheek from the near one); the rest
    of the skin (face, ears, neck) takes the colour its template region has where the photo shows it (a neck
-   band by band of height: skin under the chin, the collar lower down), with the network's shading on top,
+   by its height: skin under the chin, the collar lower down), with the network's shading on top,
    and the rest of the hair keeps the network's colours (it reads its input: the back already has the photo's
    hair colour); :attr:`FitConfig.repaint_regions`.
 4. A bounded refinement (Adam) on the input view (L1 + SSIM and the matte as alpha): Gaussians move only
@@ -586,9 +586,9 @@ def paint(gaussians: Gaussians, colour: Tensor, weight: Tensor, prior_visibility
 REGION_FALLBACK = {EARS: FACE, NECK: FACE}
 """a region the photo does not show takes the colour of this one (ears under hair, a neck in shadow: skin)"""
 BANDED = {NECK: 4}
-"""regions whose unseen part takes, band by band of height (this many bands of equal count), the colour the photo
-shows in that band: what a photo shows of a neck is skin under the chin and a collar, a shirt or long hair
-lower down, and one median of all of it painted the back of a suited man's neck grey"""
+"""regions whose unseen part takes the colour the photo shows at its height (:func:`banded_colour`, this many
+bands): what a photo shows of a neck is skin under the chin and a collar, a shirt or long hair lower down, and
+one median of all of it painted the back of a suited man's neck grey"""
 SHADING_KEPT = 0.5
 """share of the network's own colour variation (about its region's mean) kept on the Gaussians coloured by
 their region: the shading of the hair and the skin, without its generic colour"""
@@ -603,6 +603,29 @@ def region_colour(colour: Tensor, seen: Tensor, height: Tensor, top_only: bool) 
     if int(sel.sum()) < 16:
         return None
     return colour[sel].median(0).values
+
+
+def banded_colour(colour: Tensor, seen: Tensor, height: Tensor, bands: int, default: Tensor) -> Tensor:
+    """[N, 3] colours by height: the :func:`region_colour` of each of ``bands`` bands of equal count, linearly
+    between the bands' middles (a hard step at each band's edge showed as stripes round the neck) and constant
+    beyond the outer ones; ``default`` where no band has enough seen Gaussians."""
+    edges = torch.quantile(height, torch.linspace(0, 1, bands + 1, device=height.device)[1:-1])
+    band = torch.bucketize(height.contiguous(), edges)
+    middles, colours = [], []
+    for b in range(bands):
+        c = region_colour(colour[band == b], seen[band == b], height[band == b], False)
+        if c is not None:
+            middles.append(height[band == b].median())
+            colours.append(c)
+    if not colours:
+        return default.expand(len(height), 3)
+    hs, cs = torch.stack(middles), torch.stack(colours)
+    if len(hs) == 1:
+        return cs[0].expand(len(height), 3)
+    x = height.clamp(hs[0], hs[-1]).contiguous()
+    i = torch.searchsorted(hs, x).clamp(1, len(hs) - 1)
+    t = ((x - hs[i - 1]) / (hs[i] - hs[i - 1]).clamp_min(1e-9)).clamp(0, 1)[:, None]
+    return cs[i - 1] + t * (cs[i] - cs[i - 1])
 
 
 def project_appearance(gaussians: Gaussians, colour: Tensor, weight: Tensor, prior_visibility: float,
@@ -635,13 +658,8 @@ def project_appearance(gaussians: Gaussians, colour: Tensor, weight: Tensor, pri
         sel = regions == r
         unseen[sel] = target + SHADING_KEPT * (pred[sel] - pred[sel].mean(0))
         if r in BANDED:
-            edges = torch.quantile(height[sel], torch.linspace(0, 1, BANDED[r] + 1, device=pred.device)[1:-1])
-            band = torch.bucketize(height.contiguous(), edges)
-            for b in range(BANDED[r]):
-                in_band = sel & (band == b)
-                c = region_colour(colour[in_band], seen[in_band], height[in_band], False)
-                if c is not None:
-                    unseen[in_band] = c + SHADING_KEPT * (pred[in_band] - pred[sel].mean(0))
+            unseen[sel] = banded_colour(colour[sel], seen[sel], height[sel], BANDED[r], target) + SHADING_KEPT * (
+                pred[sel] - pred[sel].mean(0))
     rgb = seen[:, None] * colour + (1 - seen[:, None]) * unseen.clamp(0, 1)
     return gaussians.replace(sh=rgb_to_sh_dc(rgb.clamp(0, 1)).unsqueeze(-2)), seen
 

@@ -161,8 +161,8 @@ def test_unseen_gaussians_take_their_regions_colour_or_keep_the_networks(demo, p
 
 
 def test_an_unseen_neck_takes_the_colour_the_photo_shows_at_its_height(demo, prediction):
-    """What a photo shows of a neck is skin under the chin and a collar lower down: the back of the neck takes,
-    band by band of height, the colour the photo shows in that band, not one median of both."""
+    """What a photo shows of a neck is skin under the chin and a collar lower down: the back of the neck takes
+    the colour the photo shows at its height, not one median of both."""
     g, _, _ = prediction
     dense, parents = densify(g, 16384)
     regions = template_inputs(demo)["regions"][parents]

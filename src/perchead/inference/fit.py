@@ -656,10 +656,9 @@ def project_appearance(gaussians: Gaussians, colour: Tensor, weight: Tensor, pri
         if target is None or (repaint is not None and r not in repaint):
             continue  # nothing of it in the photo, or the network's colour kept: the network's colour
         sel = regions == r
-        unseen[sel] = target + SHADING_KEPT * (pred[sel] - pred[sel].mean(0))
         if r in BANDED:
-            unseen[sel] = banded_colour(colour[sel], seen[sel], height[sel], BANDED[r], target) + SHADING_KEPT * (
-                pred[sel] - pred[sel].mean(0))
+            target = banded_colour(colour[sel], seen[sel], height[sel], BANDED[r], target)
+        unseen[sel] = target + SHADING_KEPT * (pred[sel] - pred[sel].mean(0))
     rgb = seen[:, None] * colour + (1 - seen[:, None]) * unseen.clamp(0, 1)
     return gaussians.replace(sh=rgb_to_sh_dc(rgb.clamp(0, 1)).unsqueeze(-2)), seen
 

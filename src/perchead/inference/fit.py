@@ -613,9 +613,10 @@ def banded_colour(colour: Tensor, seen: Tensor, height: Tensor, bands: int, defa
     band = torch.bucketize(height.contiguous(), edges)
     middles, colours = [], []
     for b in range(bands):
-        c = region_colour(colour[band == b], seen[band == b], height[band == b], False)
+        in_band = band == b
+        c = region_colour(colour[in_band], seen[in_band], height[in_band], False)
         if c is not None:
-            middles.append(height[band == b].median())
+            middles.append(height[in_band].median())
             colours.append(c)
     if not colours:
         return default.expand(len(height), 3)

@@ -39,6 +39,11 @@ def person_mask(rgb: np.ndarray, model: str = "general") -> np.ndarray:
     return np.clip(np.asarray(result.segmentation_mask, dtype=np.float32), 0.0, 1.0)
 
 
+def largest_label(labels: np.ndarray) -> int:
+    """The label of the largest component of ``ndimage.label``'s output (which has at least one)."""
+    return int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
+
+
 def refine_mask(soft: np.ndarray, face_box: tuple[float, float, float, float] | None = None,
                 edge_sharpness: float = 2.0, edge_px: int = 3) -> np.ndarray:
     """Clean a soft segmentation: one component, no holes, a sharp but antialiased edge.
@@ -63,7 +68,7 @@ def refine_mask(soft: np.ndarray, face_box: tuple[float, float, float, float] | 
         if counts.max(initial=0) > 0:
             keep_label = int(np.argmax(counts)) + 1
     if keep_label is None:
-        keep_label = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
+        keep_label = largest_label(labels)
     keep = ndimage.binary_fill_holes(labels == keep_label)
     inner = ndimage.binary_erosion(keep, iterations=edge_px, border_value=1)
     near = ndimage.binary_dilation(keep, iterations=edge_px)
@@ -160,7 +165,7 @@ def trim_background(rgb: np.ndarray, alpha: np.ndarray, landmarks: np.ndarray | 
     # what a cut leaves beyond the blob, cut off from the head, goes with it (one person, as refine_mask keeps)
     parts, n = ndimage.label(trimmed >= 0.5)
     if n > 1:
-        head = int(np.argmax(np.bincount(parts.ravel())[1:])) + 1
+        head = largest_label(parts)
         trimmed[(parts != head) & (parts > 0)] = 0.0
     return trimmed.astype(np.float32)
 

@@ -32,6 +32,7 @@ from perchead.inference.fit import (
     photo_colours,
     photo_midline,
     project_appearance,
+    shading_kept,
     template_inputs,
     turned_viewmats,
 )
@@ -179,6 +180,41 @@ def test_an_unseen_neck_takes_the_colour_the_photo_shows_at_its_height(demo, pre
             float((painted.rgb[bottom].mean(0) - collar).abs().max())]
     # Measured: 0.004 and 0.002 (one median of the whole neck: 0.55 from the collar); bound 0.1.
     assert max(gaps) < 0.1, gaps
+
+
+def test_shading_kept_is_the_share_of_the_networks_variation_the_photo_bears_out():
+    """The least-squares slope of the photo's colours on the network's over the seen Gaussians, in [0, 1]."""
+    torch.manual_seed(0)
+    pred = torch.rand(500, 3)
+    seen = torch.ones(500)
+    noise = 0.01 * torch.randn(500, 3)
+    half = 0.4 + 0.7 * (pred - pred.mean(0)) + noise
+    assert abs(shading_kept(pred, half, seen) - 0.7) < 0.02  # measured 0.70
+    assert shading_kept(pred, 0.5 - (pred - pred.mean(0)), seen) == 0.0  # anti-correlated: none of it
+    assert shading_kept(pred, 3 * pred, seen) == 1.0  # never more than the network's own
+    assert shading_kept(pred, half, torch.where(torch.arange(500) < 15, 1.0, 0.0), 0.25) == 0.25  # too few seen
+
+
+def test_unseen_skin_keeps_only_the_shading_the_photo_bears_out(demo, prediction):
+    """Where the photo shows the face flat, the unseen face is flat too; where the photo shows the network's own
+    shading, the unseen face keeps it (a generic face's eyes and mouth on a real photo's unseen side showed as
+    a second, fainter face)."""
+    g, _, _ = prediction
+    dense, parents = densify(g, 16384)
+    regions = template_inputs(demo)["regions"][parents]
+    face, front = regions == FACE, dense.means[:, 2] > dense.means[regions == FACE, 2].median()
+    weight = torch.where(front, 5.0, 0.0)  # the front of the face well seen, the rest not at all
+    skin = torch.tensor([0.8, 0.6, 0.5])
+    spread = []
+    for colour in (skin.expand(len(dense), 3), dense.rgb):
+        painted, seen = project_appearance(dense, colour, weight, 0.5, regions, repaint=[FACE, EARS, NECK])
+        unseen = face & (seen < 0.05)
+        assert int(unseen.sum()) > 100
+        spread.append(float((painted.rgb[unseen] - painted.rgb[unseen].mean(0)).abs().mean()))
+    network = float((dense.rgb[unseen] - dense.rgb[unseen].mean(0)).abs().mean())
+    # Measured: 0.0000 flat, 0.059 (the network's own spread, 0.059) when the photo shows it. A fixed half of
+    # the network's shading, as before, gives half of it in both, which fails both bounds.
+    assert spread[0] < 0.25 * network and spread[1] > 0.75 * network, (spread, network)
 
 
 def test_banded_colour_steps_nowhere():

@@ -20,7 +20,8 @@ rather than from a picture painted for one camera (issue 28):
    image through the template's left-right map (:func:`mirror_index`, through the photo's own face midline:
    :func:`photo_midline`) is seen better takes that one's colour (the far cheek from the near one); the rest
    of the skin (face, ears, neck) takes the colour its template region has where the photo shows it (a neck
-   by its height: skin under the chin, the collar lower down), with the network's shading on top,
+   by its height: skin under the chin, the collar lower down), with as much of the network's shading on top as
+   the photo bears out where it shows the region (:func:`shading_kept`),
    and the rest of the hair keeps the network's colours (it reads its input: the back already has the photo's
    hair colour); :attr:`FitConfig.repaint_regions`.
 4. A bounded refinement (Adam) on the input view (L1 + SSIM and the matte as alpha): Gaussians move only
@@ -165,11 +166,12 @@ class FitConfig:
     and a warning)"""
     repaint_regions: tuple[str, ...] = ("face", "ears", "neck")
     """template regions whose Gaussians that neither the photo nor their mirror image shows take the colour the
-    photo shows of the region (with the network's shading on top); the others keep the network's colours. The
-    scalp is not among them: a network that reads its input (the bundled demo since issue 27) already gives the
-    back the photo's hair, lit as a back is, and the top of the photo's hair painted onto the back cost 0.5-0.6
-    dB behind 105 degrees on held-out synthetic heads (docs/reconstruct.md). The skin is: the network's skin
-    beside the photo's showed as a seam at 45 degrees. All four regions: the fit before issue 27's network."""
+    photo shows of the region (with as much of the network's shading on top as the photo bears out,
+    :func:`shading_kept`); the others keep the network's colours. The scalp is not among them: a network that
+    reads its input (the bundled demo since issue 27) already gives the back the photo's hair, lit as a back
+    is, and the top of the photo's hair painted onto the back cost 0.5-0.6 dB behind 105 degrees on held-out
+    synthetic heads (docs/reconstruct.md). The skin is: the network's skin beside the photo's showed as a seam
+    at 45 degrees. All four regions: the fit before issue 27's network."""
     def __post_init__(self) -> None:
         if self.steps < 0:
             raise ValueError(f"--fit-steps must be >= 0, got {self.steps}")
@@ -591,7 +593,7 @@ bands): what a photo shows of a neck is skin under the chin and a collar, a shir
 one median of all of it painted the back of a suited man's neck grey"""
 SHADING_KEPT = 0.5
 """share of the network's own colour variation (about its region's mean) kept on the Gaussians coloured by
-their region: the shading of the hair and the skin, without its generic colour"""
+their region where the photo shows too little of the region to tell (:func:`shading_kept`)"""
 
 
 def region_colour(colour: Tensor, seen: Tensor, height: Tensor, top_only: bool) -> Tensor | None:
@@ -603,6 +605,21 @@ def region_colour(colour: Tensor, seen: Tensor, height: Tensor, top_only: bool) 
     if int(sel.sum()) < 16:
         return None
     return colour[sel].median(0).values
+
+
+def shading_kept(pred: Tensor, colour: Tensor, seen: Tensor, default: float = SHADING_KEPT) -> float:
+    """How much of the network's colour variation within a region the photo bears out: the least-squares slope
+    of the photo's colours on the network's (each about its mean, all channels pooled) over the region's well
+    seen Gaussians, within [0, 1]; ``default`` when fewer than 16 are seen. On held-out synthetic heads, the
+    network's own domain, the face's slope is 0.15-0.6; on real photos -0.35-0.26 (its shading there is a
+    generic face's, whose eyes and mouth are not where the photo's are, and kept at half it showed as a second,
+    fainter face beside the photo's from the side)."""
+    sel = seen > 0.5
+    if int(sel.sum()) < 16:
+        return default
+    x = pred[sel] - pred[sel].mean(0)
+    y = colour[sel] - colour[sel].mean(0)
+    return float(((x * y).sum() / (x * x).sum().clamp_min(1e-12)).clamp(0.0, 1.0))
 
 
 def banded_colour(colour: Tensor, seen: Tensor, height: Tensor, bands: int, default: Tensor) -> Tensor:
@@ -659,7 +676,8 @@ def project_appearance(gaussians: Gaussians, colour: Tensor, weight: Tensor, pri
         sel = regions == r
         if r in BANDED:
             target = banded_colour(colour[sel], seen[sel], height[sel], BANDED[r], target)
-        unseen[sel] = target + SHADING_KEPT * (pred[sel] - pred[sel].mean(0))
+        kept = shading_kept(pred[sel], colour[sel], seen[sel])
+        unseen[sel] = target + kept * (pred[sel] - pred[sel].mean(0))
     rgb = seen[:, None] * colour + (1 - seen[:, None]) * unseen.clamp(0, 1)
     return gaussians.replace(sh=rgb_to_sh_dc(rgb.clamp(0, 1)).unsqueeze(-2)), seen
 
@@ -1045,5 +1063,5 @@ def optimise(params: FitParams, trust: Tensor, total_loss: Callable[[], tuple[Te
 __all__ = ["HEIGHT_TOLERANCE_PX", "WIDTH_TOLERANCE_PX", "FitConfig", "FitDivergedError", "FitParams", "FitProgress",
            "FitResult", "Prior", "TrustAdam", "align_midline", "child_grid", "densify", "fit_head_height",
            "fit_head_width", "fit_to_photo", "head_iou", "matte_outside", "midline_pixels", "mirror_index",
-           "optimise", "paint", "photo_colours", "photo_midline", "project_appearance", "template_inputs",
-           "turned_viewmats", "view_loss"]
+           "optimise", "paint", "photo_colours", "photo_midline", "project_appearance", "shading_kept",
+           "template_inputs", "turned_viewmats", "view_loss"]

@@ -197,8 +197,8 @@ def test_shading_kept_is_the_share_of_the_networks_variation_the_photo_bears_out
 
 def test_unseen_skin_keeps_only_the_shading_the_photo_bears_out(demo, prediction):
     """Where the photo shows the face flat, the unseen face is flat too; where the photo shows the network's own
-    shading, the unseen face keeps it (a generic face's eyes and mouth on a real photo's unseen side showed as
-    a second, fainter face)."""
+    shading, the unseen face keeps it (on a real photo the network's eyes and mouth are not the person's, and
+    the seen part of the face says so)."""
     g, _, _ = prediction
     dense, parents = densify(g, 16384)
     regions = template_inputs(demo)["regions"][parents]

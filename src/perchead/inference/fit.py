@@ -21,9 +21,9 @@ rather than from a picture painted for one camera (issue 28):
    :func:`photo_midline`) is seen better takes that one's colour (the far cheek from the near one); the rest
    of the skin (face, ears, neck) takes the colour its template region has where the photo shows it (a neck
    by its height: skin under the chin, the collar lower down), with as much of the network's shading on top as
-   the photo bears out where it shows the region (:func:`shading_kept`),
-   and the rest of the hair keeps the network's colours (it reads its input: the back already has the photo's
-   hair colour); :attr:`FitConfig.repaint_regions`.
+   the photo bears out where it shows the region (:func:`shading_kept`), and the rest of the hair keeps the
+   network's colours (it reads its input: the back already has the photo's hair colour);
+   :attr:`FitConfig.repaint_regions`.
 4. A bounded refinement (Adam) on the input view (L1 + SSIM and the matte as alpha): Gaussians move only
    along their template normal and within :attr:`FitConfig.normal_bound`, their scales never grow past
    :attr:`FitConfig.max_scale_growth` times the prediction's (no stretching into the unseen depth), grazing
@@ -596,13 +596,19 @@ SHADING_KEPT = 0.5
 their region where the photo shows too little of the region to tell (:func:`shading_kept`)"""
 
 
+MIN_SEEN = 16
+"""a region (or band) with fewer well seen Gaussians than this says nothing of the photo: neither its colour
+(:func:`region_colour`) nor how much of the network's shading to keep (:func:`shading_kept`)"""
+
+
 def region_colour(colour: Tensor, seen: Tensor, height: Tensor, top_only: bool) -> Tensor | None:
     """The per-channel median photo colour of the well seen Gaussians of a region (``top_only``: of the upper
-    half of them, the hair rather than a forehead the template calls scalp), None when fewer than 16 are seen."""
+    half of them, the hair rather than a forehead the template calls scalp), None when fewer than
+    :data:`MIN_SEEN` are seen."""
     sel = seen > 0.5
     if top_only and int(sel.sum()) >= 32:
         sel = sel & (height >= height[sel].median())
-    if int(sel.sum()) < 16:
+    if int(sel.sum()) < MIN_SEEN:
         return None
     return colour[sel].median(0).values
 
@@ -610,11 +616,11 @@ def region_colour(colour: Tensor, seen: Tensor, height: Tensor, top_only: bool) 
 def shading_kept(pred: Tensor, colour: Tensor, seen: Tensor, default: float = SHADING_KEPT) -> float:
     """How much of the network's colour variation within a region the photo bears out: the least-squares slope
     of the photo's colours on the network's (each about its mean, all channels pooled) over the region's well
-    seen Gaussians, within [0, 1]; ``default`` when fewer than 16 are seen. The face's slope has a median of
-    0.37 on held-out synthetic heads, the network's own domain, and of 0.07 on twelve real photos (-0.35 to
-    0.26): there the network's shading is a generic face's, whose eyes and mouth are not the photo's."""
+    seen Gaussians, within [0, 1]; ``default`` when fewer than :data:`MIN_SEEN` are seen. The face's slope has
+    a median of 0.37 on held-out synthetic heads, the network's own domain, and of 0.07 on twelve real photos
+    (-0.35 to 0.26): there the network's shading is a generic face's, whose eyes and mouth are not the photo's."""
     sel = seen > 0.5
-    if int(sel.sum()) < 16:
+    if int(sel.sum()) < MIN_SEEN:
         return default
     x = pred[sel] - pred[sel].mean(0)
     y = colour[sel] - colour[sel].mean(0)

@@ -3,13 +3,16 @@ alone and for each fit, and each fitted minus the network (the tables of docs/re
 
     python benchmarks/fit_study.py --rows OUT/rows.csv       # a `perchead eval ... --fit-steps 60` run's rows
     python benchmarks/fit_study.py --data DATA --subjects 4 [--offset 0] \\
-        --variant default='{}' --variant nofree='{"free_regions": []}' [--true-camera default]
+        --variant default='{}' --variant nofree='{"free_regions": []}' [--true-camera default] [--edges]
 
 Buckets: those of :mod:`perchead.eval.reads_input` (0-30, 30-60, 60-105, 105-150, 150-180); rows of the
 ``novel`` group (frontal inputs), each (subject, input, target, method) once. ``--variant NAME=JSON`` fits with
 ``FitConfig(**JSON)`` (the camera estimated from the image, as for a photo; ``--true-camera NAME``: that variant
 is given the input view's own camera instead); each variant's line below the table gives the range of its fits'
-``matte_outside`` (the share of the input's matte outside the network's silhouette).
+``matte_outside`` (the share of the input's matte outside the network's silhouette). ``--edges`` also prints,
+per method, where its error near the input (target abs(yaw) < 30) lies: the share of the squared error within
+2 px of the target's silhouette (the pixels within 2 px of where the target turns from white to head) and
+the PSNR of the rest, over the images' summed squared error.
 """
 
 from __future__ import annotations
@@ -20,6 +23,44 @@ import json
 import math
 import sys
 from pathlib import Path
+
+EDGE_PX = 2
+NEAR_DEG = 30.0
+
+
+class EdgeError:
+    """Where each method's squared error lies near the input: within EDGE_PX of the target's silhouette or not."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, list[float]] = {}
+
+    def __call__(self, case) -> None:
+        import torch.nn.functional as F
+
+        from perchead.eval.harness import group_of
+
+        if group_of(case.pair.setting) != "novel":
+            return
+        k = 2 * EDGE_PX + 1
+        for i, target in enumerate(case.pair.targets):
+            if abs(target.yaw_deg) >= NEAR_DEG:
+                continue
+            truth = case.targets[i]
+            head = (truth < 0.96).any(0, keepdim=True).float()[None]  # targets are on white
+            band = (F.max_pool2d(head, k, 1, EDGE_PX) + F.max_pool2d(-head, k, 1, EDGE_PX))[0]  # dilated - eroded
+            for method, renders in case.renders.items():
+                err = ((renders[i] - truth) ** 2).mean(0, keepdim=True)
+                s = self.sums.setdefault(method, [0.0, 0.0, 0])
+                s[0] += float(err.mean())
+                s[1] += float((err * band).mean())
+                s[2] += 1
+
+    def table(self) -> str:
+        lines = [f"| method (target abs(yaw) < {NEAR_DEG:.0f}) | images | share of the squared error within "
+                 f"{EDGE_PX} px of the silhouette | PSNR of the rest (dB) |", "|---|---:|---:|---:|"]
+        for method, (total, edge, n) in self.sums.items():
+            lines.append(f"| {method} | {n} | {edge / total:.2f} | {-10 * math.log10((total - edge) / n):.2f} |")
+        return "\n".join(lines)
 
 
 def table(rows: list[dict], methods: list[str]) -> str:
@@ -76,11 +117,14 @@ def run_variants(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
     data = read_dataset(args.data)
     subjects = eval_subjects(data, EvalConfig())[args.offset:args.offset + args.subjects]
     suite = MetricSuite(["psnr"])
-    evaluate(methods, data, EvalConfig(subjects=tuple(s.id for s in subjects)), suite, progress=True)
+    edges = EdgeError() if args.edges else None
+    evaluate(methods, data, EvalConfig(subjects=tuple(s.id for s in subjects)), suite, progress=True, on_case=edges)
     for m, spec in zip(methods[1:], args.variant, strict=True):
         print(f"{m.names[0]} ({spec}{', the true camera' if m.true_camera else ''}): matte_outside "
               f"{min(m.outside):.3f}-{max(m.outside):.3f} over {len(m.outside)} fits")
     print(f"subjects: {', '.join(s.id for s in subjects)}")
+    if edges is not None:
+        print(edges.table())
     return suite.rows, [n for m in methods for n in m.names]
 
 
@@ -93,6 +137,7 @@ def main() -> int:
     ap.add_argument("--offset", type=int, default=0, help="skip this many test subjects first")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                     help="a fit: FitConfig fields as JSON ('{}': the defaults); repeatable")
+    ap.add_argument("--edges", action="store_true", help="where the error near the input lies (module docstring)")
     ap.add_argument("--true-camera", nargs="*", default=[], metavar="NAME", help="variants given the true camera")
     args = ap.parse_args()
     if args.rows:

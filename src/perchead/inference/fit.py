@@ -25,7 +25,8 @@ rather than from a picture painted for one camera (issue 28):
    network's colours (it reads its input: the back already has the photo's hair colour);
    :attr:`FitConfig.repaint_regions`.
 4. A bounded refinement (Adam) on the input view (L1 + SSIM and the matte as alpha): Gaussians move only
-   along their template normal and within :attr:`FitConfig.normal_bound`, their scales never grow past
+   along their template normal and within :attr:`FitConfig.normal_bound`, the children of one predicted
+   Gaussian as one piece (:attr:`FitConfig.parent_motion`), their scales never grow past
    :attr:`FitConfig.max_scale_growth` times the prediction's (no stretching into the unseen depth), grazing
    Gaussians keep their opacity, barely seen ones are pulled back to where step 3 put them and take steps in
    proportion to how well they are seen, and renders of the step-3 head from unseen views are a weak target.
@@ -116,6 +117,13 @@ class FitConfig:
     """metres a Gaussian may move along its template normal (the silhouette of hair and cheeks), both ways"""
     tangent_bound: float = 0.003
     """metres a Gaussian may slide across the surface (features a few millimetres off the template's)"""
+    parent_motion: bool = True
+    """densified Gaussians move with the predicted Gaussian they were split from: one move per parent (along its
+    template normal within ``normal_bound``, across within ``tangent_bound``) carries all its children, so the
+    surface moves in pieces the size of the network's Gaussians and the outline matched from the input camera
+    stays an outline a few degrees round, where 16 children moving on their own frayed it (held-out synthetic
+    heads: docs/reconstruct.md). The free regions' Gaussians still move on their own. False: every Gaussian
+    on its own"""
     max_scale_growth: float = 1.5
     """a Gaussian's scale along any axis stays below this times the prediction's: one view cannot see how deep
     a Gaussian is, and a stretched one shows as a streak from the side"""
@@ -699,11 +707,16 @@ def template_inputs(model) -> dict:
 
 # -- 4. the fit ----------------------------------------------------------------------------------------------
 class FitParams(torch.nn.Module):
-    """The optimised parameters, with the position bound built in."""
+    """The optimised parameters, with the position bound built in. With ``parents`` (each Gaussian's index among
+    ``num_parents`` it was densified from), ``parent_moves`` [num_parents, 3] (metres) is added to every child's
+    own position: one move for all the children of a parent."""
 
-    def __init__(self, g: Gaussians, anchors: Tensor | None, s_max: float | None) -> None:
+    def __init__(self, g: Gaussians, anchors: Tensor | None, s_max: float | None, parents: Tensor | None = None,
+                 num_parents: int = 0) -> None:
         super().__init__()
-        self.anchors, self.s_max = anchors, s_max
+        self.anchors, self.s_max, self.parents = anchors, s_max, parents
+        self.parent_moves = (None if parents is None
+                             else torch.nn.Parameter(torch.zeros(num_parents, 3, device=g.means.device)))
         if anchors is None:
             self.pos = torch.nn.Parameter(g.means.clone())
         else:
@@ -715,11 +728,14 @@ class FitParams(torch.nn.Module):
         self.colour_logits = torch.nn.Parameter(torch.logit(g.rgb.clamp(1e-3, 1 - 1e-3)))
 
     def means(self) -> Tensor:
-        return self.pos if self.anchors is None else self.anchors + torch.tanh(self.pos) * self.s_max
+        own = self.pos if self.anchors is None else self.anchors + torch.tanh(self.pos) * self.s_max
+        return own if self.parent_moves is None else own + self.parent_moves[self.parents]
 
     @torch.no_grad()
     def set_means(self, means: Tensor) -> None:
-        """Move the Gaussians to ``means`` (clamped into the anchored range)."""
+        """Move the Gaussians to ``means`` (clamped into the anchored range), their parents' moves kept."""
+        if self.parent_moves is not None:
+            means = means - self.parent_moves[self.parents]
         if self.anchors is None:
             self.pos.copy_(means)
         else:
@@ -729,6 +745,15 @@ class FitParams(torch.nn.Module):
         rgb = torch.sigmoid(self.colour_logits)
         return Gaussians(self.means(), self.log_scales, self.quats, self.opacity_logits,
                          rgb_to_sh_dc(rgb).unsqueeze(-2))
+
+
+def bounded_move(d: Tensor, normal: Tensor, normal_bound: float, tangent_bound: float) -> Tensor:
+    """[N, 3] moves ``d`` with their part along the unit ``normal`` clamped to +-``normal_bound`` and their part
+    across it shortened to at most ``tangent_bound`` (metres)."""
+    along = (d * normal).sum(-1, keepdim=True)
+    across = d - along * normal
+    length = across.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return along.clamp(-normal_bound, normal_bound) * normal + across * (tangent_bound / length).clamp(max=1.0)
 
 
 def view_loss(out_rgb: Tensor, out_alpha: Tensor, image: Tensor, mask: Tensor, cfg: FitConfig) -> Tensor:
@@ -888,7 +913,10 @@ def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anch
                                      None if regions is None else regions.to(device)[parents], mirror,
                                      [REGION_NAMES.index(r) for r in cfg.repaint_regions])
 
-    params = FitParams(dense, None if anchors is None else anchors.to(device)[parents], s_max)
+    tied = cfg.parent_motion and geometry and anchors is not None and normals is not None
+    parent_normal = normals.to(device) if tied else None
+    params = FitParams(dense, None if anchors is None else anchors.to(device)[parents], s_max,
+                       parents if tied else None, len(gaussians))
     prior = Prior.of(params, dense, s_max)
     trust = seen.detach().sqrt()  # partly seen silhouette Gaussians still need to move to match the outline
     unseen = 1.0 - trust
@@ -916,12 +944,13 @@ def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anch
 
     def after_step() -> None:
         if geometry:
-            d = params.means() - start_means
-            along = (d * normal).sum(-1, keepdim=True)
-            across = d - along * normal
-            length = across.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            bounded = (start_means + along.clamp(-cfg.normal_bound, cfg.normal_bound) * normal
-                       + across * (cfg.tangent_bound / length).clamp(max=1.0))
+            if tied:
+                params.parent_moves.copy_(bounded_move(params.parent_moves, parent_normal, cfg.normal_bound,
+                                                       cfg.tangent_bound))
+                bounded = start_means + params.parent_moves[parents]
+            else:
+                bounded = start_means + bounded_move(params.means() - start_means, normal, cfg.normal_bound,
+                                                     cfg.tangent_bound)
             params.set_means(torch.where(free[:, None], params.means(), bounded))
             params.log_scales.copy_(torch.minimum(params.log_scales, max_scales))
         else:
@@ -951,7 +980,15 @@ def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anch
                 + (w * (nov.alpha.permute(0, 3, 1, 2) - novel_alpha[i:i + 1]).abs()).mean())
         return loss + cfg.prior_weight * prior.loss(g, unseen), l1_input
 
-    fitted, losses, l1s = optimise(params, trust, total_loss, cfg, anchors is not None, progress, after_step)
+    position_trust = parent_trust = None
+    if tied:
+        # a parent moves as surely as its children, on average, are seen; the free regions' children move on
+        # their own (and their parents not at all)
+        position_trust = torch.where(free, trust, torch.zeros_like(trust))
+        parent_trust = torch.zeros(len(gaussians), device=device).index_add_(0, parents, trust - position_trust)
+        parent_trust = parent_trust / torch.bincount(parents, minlength=len(gaussians)).clamp_min(1)
+    fitted, losses, l1s = optimise(params, trust, total_loss, cfg, anchors is not None, progress, after_step,
+                                   position_trust, parent_trust)
     return FitResult(fitted, pose, cfg.steps, losses, l1s, time.perf_counter() - start,
                      float((seen > 0.5).float().mean()), iou, geometry, warnings, midline, outside, bool(free.any()),
                      height_scale, width_scale=width_scale)
@@ -1017,21 +1054,27 @@ class TrustAdam:
 def optimise(params: FitParams, trust: Tensor, total_loss: Callable[[], tuple[Tensor, Tensor]], cfg: FitConfig,
              anchored: bool, progress: FitProgress | None,
              after_step: Callable[[], None] | None = None,
-             position_trust: Tensor | None = None) -> tuple[Gaussians, list[float], tuple[float, float]]:
+             position_trust: Tensor | None = None, parent_trust: Tensor | None = None,
+             ) -> tuple[Gaussians, list[float], tuple[float, float]]:
     """``cfg.steps`` Adam steps on ``total_loss() -> (loss, a monitored L1)``, each Gaussian's step scaled by
-    its ``trust`` in [0, 1] (its position's by ``position_trust`` when given), then ``after_step()`` (a
+    its ``trust`` in [0, 1] (its position's by ``position_trust`` when given; the parents' moves of
+    :class:`FitParams`, when it has them, by ``parent_trust``), then ``after_step()`` (a
     projection of the parameters, under no_grad). Returns the fitted Gaussians, the loss before every step
     and after the last, and the monitored L1 before and after. Raises :class:`FitDivergedError` on a
     NaN/infinite loss or parameter."""
     lr = cfg.lr
     pos_trust = trust if position_trust is None else position_trust
-    opt = TrustAdam([
+    groups = [
         (params.pos, lr * cfg.lr_position * (1.0 if anchored else 0.01), pos_trust),
         (params.log_scales, lr * cfg.lr_scale, trust),
         (params.quats, lr * cfg.lr_rotation, trust),
         (params.opacity_logits, lr * cfg.lr_opacity, trust),
         (params.colour_logits, lr * cfg.lr_colour, trust),
-    ])
+    ]
+    if params.parent_moves is not None:  # metres: the anchored position's step at its centre
+        groups.append((params.parent_moves, lr * cfg.lr_position * (params.s_max or 0.01),
+                       torch.ones(len(params.parent_moves)) if parent_trust is None else parent_trust))
+    opt = TrustAdam(groups)
     losses: list[float] = []
     first_l1 = math.nan
     for step in range(cfg.steps):
@@ -1066,7 +1109,7 @@ def optimise(params: FitParams, trust: Tensor, total_loss: Callable[[], tuple[Te
 
 
 __all__ = ["HEIGHT_TOLERANCE_PX", "WIDTH_TOLERANCE_PX", "FitConfig", "FitDivergedError", "FitParams", "FitProgress",
-           "FitResult", "Prior", "TrustAdam", "align_midline", "child_grid", "densify", "fit_head_height",
-           "fit_head_width", "fit_to_photo", "head_iou", "matte_outside", "midline_pixels", "mirror_index",
-           "optimise", "paint", "photo_colours", "photo_midline", "project_appearance", "shading_kept",
+           "FitResult", "Prior", "TrustAdam", "align_midline", "bounded_move", "child_grid", "densify",
+           "fit_head_height", "fit_head_width", "fit_to_photo", "head_iou", "matte_outside", "midline_pixels",
+           "mirror_index", "optimise", "paint", "photo_colours", "photo_midline", "project_appearance", "shading_kept",
            "template_inputs", "turned_viewmats", "view_loss"]

@@ -652,7 +652,8 @@ def test_nan_during_the_fit_is_a_clear_error(prediction, monkeypatch):
                                  dict(max_scale_growth=0.5), dict(free_regions=("tail",)), dict(free_min_outside=1.5),
                                  dict(free_min_facing=-1.5), dict(tune_steps=-1), dict(tune_lr=0.0),
                                  dict(tune_size=8), dict(tune_novel_weight=-1.0), dict(max_height_change=1.0),
-                                 dict(max_height_change=-0.1), dict(max_width_change=1.0)])
+                                 dict(max_height_change=-0.1), dict(max_width_change=1.0),
+                                 dict(novel_yaws=(25.0, float("nan")))])
 def test_bad_fit_settings_are_refused(bad):
     with pytest.raises(ValueError):
         FitConfig(**bad)

@@ -148,8 +148,13 @@ class FitConfig:
     """Gaussians whose template normal makes a cosine below this with the ray to the camera keep their
     opacity (seen edge-on, the photo's silhouette would fade or thicken what the profiles see face-on)"""
     novel_weight: float = 0.2
-    """weight of the renders of the step-3 head from unseen views (:data:`NOVEL_YAWS` from the input camera)
-    as a target: one of them per step, at ``novel_size``"""
+    """weight of the renders of the step-3 head from the views ``novel_yaws`` as a target: one of them per
+    step, at ``novel_size``"""
+    novel_yaws: tuple[float, ...] = (60.0, -60.0, 100.0, -100.0, 180.0)
+    """degrees of yaw from the input camera of the views whose renders of the step-3 head are a weak target
+    (the unseen sides and the back). Adding 25 degrees either way held the outline beside the input view on
+    held-out synthetic heads (+0.12 dB near the input) but cost real photos up to 2.9 dB from their own camera,
+    whose outline is not the network's (docs/reconstruct.md): not by default"""
     novel_size: int = 64
     min_silhouette_iou: float = 0.6
     """below this IoU between the photo's matte and the predicted head's silhouette from the estimated camera,
@@ -190,6 +195,8 @@ class FitConfig:
             raise ValueError(f"need --fit-tune-steps >= 0, a tune size >= 32 px, a positive finite tune learning "
                              f"rate and a finite tune_novel_weight >= 0, got {self.tune_steps}, {self.tune_size}, "
                              f"{self.tune_lr} and {self.tune_novel_weight}")
+        if not all(math.isfinite(y) for y in self.novel_yaws):
+            raise ValueError(f"novel_yaws must be finite degrees, got {self.novel_yaws}")
         if self.num_gaussians < 0:
             raise ValueError(f"--fit-gaussians must be >= 0, got {self.num_gaussians}")
         rates = {k: v for k, v in asdict(self).items() if k.startswith("lr")}
@@ -270,7 +277,8 @@ class FitResult:
 
 # -- the template's left-right map --------------------------------------------------------------------------
 NOVEL_YAWS = (60.0, -60.0, 100.0, -100.0, 180.0)
-"""degrees of yaw from the input camera of the views whose renders of the projected head are a weak target"""
+"""degrees of yaw from the input camera of the unseen views whose renders of the untuned network's head are a
+target while tuning the network (:mod:`perchead.inference.tune`)"""
 
 
 def mirror_index(points: Tensor, parents: Tensor | None = None, offsets: Tensor | None = None,
@@ -877,7 +885,7 @@ def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anch
         free = free & ((normal * to_camera).sum(-1) > cfg.free_min_facing)
 
     with torch.no_grad():
-        novel_vms = turned_viewmats(vm, NOVEL_YAWS)
+        novel_vms = turned_viewmats(vm, cfg.novel_yaws)
         novel_K = camera_K(cfg.novel_size).to(device)[None]
         share, alpha = render_features(dense, free[:, None].float(), vm[None], K, size, size, backend=backend)
         iou = head_iou(alpha[0, ..., 0], share[0, ..., 0] / alpha[0, ..., 0].clamp_min(1e-6), msk[0, 0])
@@ -970,7 +978,7 @@ def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anch
         # held, turned into white patches beside the neck seen from the side.
         loss = view_loss(torch.where(msk > 0.5, rgb, img), alpha, img, msk, cfg)
         if cfg.novel_weight > 0:
-            i = step[0] % len(NOVEL_YAWS)
+            i = step[0] % len(cfg.novel_yaws)
             step[0] += 1
             nov = rasterize(g, novel_vms[i:i + 1], novel_K, cfg.novel_size, cfg.novel_size, backend=backend,
                             check_finite=False)

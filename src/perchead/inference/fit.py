@@ -68,6 +68,12 @@ class FitDivergedError(RuntimeError):
     """The fit produced a NaN or infinite loss or parameter; nothing is written."""
 
 
+NOVEL_YAWS = (60.0, -60.0, 100.0, -100.0, 180.0)
+"""degrees of yaw from the input camera of the unseen views whose renders are a weak target: of the step-3
+head in the fit (the default of :attr:`FitConfig.novel_yaws`), of the untuned network's head while tuning the
+network (:mod:`perchead.inference.tune`)"""
+
+
 @dataclass
 class FitConfig:
     """How the network's head is fitted to the photo (``steps``, ``size``, ``num_gaussians``, ``lr`` and
@@ -150,7 +156,7 @@ class FitConfig:
     novel_weight: float = 0.2
     """weight of the renders of the step-3 head from the views ``novel_yaws`` as a target: one of them per
     step, at ``novel_size``"""
-    novel_yaws: tuple[float, ...] = (60.0, -60.0, 100.0, -100.0, 180.0)
+    novel_yaws: tuple[float, ...] = NOVEL_YAWS
     """degrees of yaw from the input camera of the views whose renders of the step-3 head are a weak target
     (the unseen sides and the back). Adding 25 degrees either way held the outline beside the input view on
     held-out synthetic heads (+0.12 dB near the input) but cost real photos up to 2.9 dB from their own camera,
@@ -276,9 +282,6 @@ class FitResult:
 
 
 # -- the template's left-right map --------------------------------------------------------------------------
-NOVEL_YAWS = (60.0, -60.0, 100.0, -100.0, 180.0)
-"""degrees of yaw from the input camera of the unseen views whose renders of the untuned network's head are a
-target while tuning the network (:mod:`perchead.inference.tune`)"""
 
 
 def mirror_index(points: Tensor, parents: Tensor | None = None, offsets: Tensor | None = None,
@@ -1081,7 +1084,7 @@ def optimise(params: FitParams, trust: Tensor, total_loss: Callable[[], tuple[Te
     ]
     if params.parent_moves is not None:  # metres: the anchored position's step at its centre
         groups.append((params.parent_moves, lr * cfg.lr_position * (params.s_max or 0.01),
-                       torch.ones(len(params.parent_moves)) if parent_trust is None else parent_trust))
+                       torch.ones_like(params.parent_moves[:, 0]) if parent_trust is None else parent_trust))
     opt = TrustAdam(groups)
     losses: list[float] = []
     first_l1 = math.nan

@@ -18,6 +18,7 @@ from PIL import Image
 
 from perchead.cli import COMMANDS, main
 from perchead.inference import PHOTO_FILES, ReconstructConfig, Reconstructor
+from perchead.inference import fit as fit_module
 from perchead.inference import reconstruct as reconstruct_module
 from perchead.inference.fit import FitConfig, turned_viewmats
 from perchead.io import image_grid, load_ply
@@ -111,6 +112,21 @@ def test_fit_steps_0_is_the_feed_forward_result(photo_run, checkpoint):
     np.testing.assert_array_equal(np.asarray(Image.open(out / "views.png").convert("RGB")), expected)
 
 
+def test_a_small_head_is_fitted_with_children_no_finer_than_its_pixels(checkpoint):
+    """The photo at a third of its size: its head's crop is 81 photo pixels a side, fewer than the 112 px fit
+    renders, so the network's Gaussians are split into children coarser than the finest (FitConfig.child_shrink,
+    set from the photo's own pixels); at full size (244 photo pixels) they are the finest."""
+    rec = Reconstructor(ReconstructConfig(checkpoint=str(checkpoint), device="cpu", size=32, video=False,
+                                          fit=FitConfig(steps=1, size=112, num_gaussians=16384), likeness=False))
+    small = Image.open(PHOTO).convert("RGB").resize((170, 170), Image.Resampling.LANCZOS)
+    for photo, enlarged in ((small, True), (Image.open(PHOTO).convert("RGB"), False)):
+        pre = rec.preprocess(np.asarray(photo))
+        _, fit = rec.fit(rec.predict(pre), pre)
+        assert (pre.source_side < 112) == enlarged, pre.source_side  # measured 81 and 244 photo pixels
+        expected = fit_module.child_shrink(112 / pre.source_side) if enlarged else fit_module.CHILD_SHRINK
+        assert fit.child_shrink == pytest.approx(expected) and (fit.child_shrink > 0.6) == enlarged
+
+
 @pytest.fixture(scope="module")
 def fitted_run(checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("fitted") / "out"
@@ -128,6 +144,7 @@ def test_fitted_photo_writes_the_fit_and_the_likeness(fitted_run):
     meta = json.loads((out / "reconstruction.json").read_text())
     fit = meta["fit"]
     assert fit["ran"] and fit["steps"] == 4 and fit["size"] == 48 and fit["num_gaussians"] == 16384
+    assert fit["child_shrink"] == 0.5  # a 48 px fit of a 244 px crop of the photo: the finest children
     assert fit["loss_last"] < fit["loss_first"] and fit["input_l1_after"] < fit["input_l1_before"]
     assert fit["tune_steps"] == 2 and fit["tune_loss_first"] > 0 and fit["config"]["tune_steps"] == 2
     assert meta["num_gaussians"] == 16384 and meta["sharpened"] is False  # SHP-CNN is not run on a fit

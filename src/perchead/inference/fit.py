@@ -14,7 +14,9 @@ rather than from a picture painted for one camera (issue 28):
    photo's matte (the network gives every head one skull height; on a short-haired man it stood above his
    hair, and the fit, which cannot move grazing or hidden Gaussians, left a transparent arc between the two).
 2. :func:`densify` -- every predicted Gaussian becomes a grid of ``k`` children inside its own covariance (the
-   mixture keeps the parent's mean and covariance), so that the fitted head has the paper's 65,536 Gaussians.
+   mixture keeps the parent's mean and covariance), so that the fitted head has the paper's 65,536 Gaussians;
+   the children are no finer than the photo's pixels (:func:`child_shrink`: a photo smaller than the fit's
+   renders gets coarser children).
 3. :func:`project_appearance` -- appearance projected onto the geometry: Gaussians that the input camera sees
    take the colour of the photo pixels they contribute to (:func:`photo_colours`); a Gaussian whose mirror
    image through the template's left-right map (:func:`mirror_index`, through the photo's own face midline:
@@ -100,6 +102,9 @@ class FitConfig:
     22 dB masked PSNR from the input camera, 192 falls short on one of them; benchmarks/bench_likeness.py)"""
     num_gaussians: int = 65536
     """Gaussians after densification (a multiple of the prediction's count; 0 or the prediction's: none)"""
+    child_shrink: float | None = None
+    """the densified children's size over their parent's, in (0, 1); None: as fine as the photo allows
+    (:func:`child_shrink`: 0.5 for a photo at least as sharp as the fit's renders, coarser for a smaller one)"""
     lr: float = 1.0
     """multiplies every learning rate below"""
     lr_position: float = 0.04
@@ -196,6 +201,8 @@ class FitConfig:
             raise ValueError(f"--fit-steps must be >= 0, got {self.steps}")
         if self.size < 32:
             raise ValueError(f"--fit-size must be at least 32 pixels, got {self.size}")
+        if self.child_shrink is not None and not 0 < self.child_shrink < 1:
+            raise ValueError(f"child_shrink must be in (0, 1) or None, got {self.child_shrink}")
         if (self.tune_steps < 0 or self.tune_size < 32 or not (math.isfinite(self.tune_lr) and self.tune_lr > 0)
                 or not (math.isfinite(self.tune_novel_weight) and self.tune_novel_weight >= 0)):
             raise ValueError(f"need --fit-tune-steps >= 0, a tune size >= 32 px, a positive finite tune learning "
@@ -229,6 +236,14 @@ class FitConfig:
                              f"and {self.novel_size}")
 
 
+CHILD_SHRINK = 0.5
+"""child standard deviation / parent's along the parent's two largest axes (the children tile that plane; the
+third, thinnest axis is kept): 16 children then draw 16 x 0.25 = 4 times the parent's footprint, not 16. The
+finest children the fit makes: see :func:`child_shrink` for photos coarser than the fit's renders."""
+MAX_CHILD_SHRINK = 0.9
+"""the coarsest children :func:`child_shrink` makes (at 1 they would all be the parent)"""
+
+
 @dataclass
 class FitResult:
     gaussians: Gaussians
@@ -256,6 +271,8 @@ class FitResult:
     """the vertical scale :func:`fit_head_height` gave the head above the brows (1: unchanged)"""
     width_scale: float = 1.0
     """the horizontal scale :func:`fit_head_width` gave the skull (1: unchanged)"""
+    child_shrink: float = CHILD_SHRINK
+    """the densified children's size over their parent's (:func:`child_shrink`: coarser for a coarse photo)"""
     tune_losses: list[float] = field(default_factory=list)
     """the network's test-time tuning (:mod:`perchead.inference.tune`): its loss before each step and after
     the last (empty: not tuned)"""
@@ -274,7 +291,7 @@ class FitResult:
                 "midline_mm": None if self.midline is None else round(self.midline * 1000, 2),
                 "matte_outside": None if math.isnan(self.matte_outside) else round(self.matte_outside, 4),
                 "free_regions_freed": self.free_regions_freed, "height_scale": round(self.height_scale, 4),
-                "width_scale": round(self.width_scale, 4),
+                "width_scale": round(self.width_scale, 4), "child_shrink": round(self.child_shrink, 4),
                 "tune_steps": max(0, len(self.tune_losses) - 1),
                 "tune_loss_first": round(self.tune_losses[0], 6) if self.tune_losses else None,
                 "tune_loss_last": round(self.tune_losses[-1], 6) if self.tune_losses else None,
@@ -307,9 +324,6 @@ def mirror_index(points: Tensor, parents: Tensor | None = None, offsets: Tensor 
 
 
 # -- 2. densify ----------------------------------------------------------------------------------------------
-CHILD_SHRINK = 0.5
-"""child standard deviation / parent's along the parent's two largest axes (the children tile that plane; the
-third, thinnest axis is kept): 16 children then draw 16 x 0.25 = 4 times the parent's footprint, not 16."""
 CHILD_OPTICAL_DEPTH = 0.5
 """share of the parent's optical depth that the children's opacities add up to through its centre: less than
 1 because neighbouring parents' children overlap along a ray as well. Chosen by rendering the demo's
@@ -318,26 +332,41 @@ prediction of the example photo from the front, a profile and the back before an
 0.6 / 0.6 (29 dB); see tests/test_fit.py for the tolerance."""
 
 
-def child_grid(m: int) -> Tensor:
-    """[m*m, 2] offsets of an m x m grid with mean 0 and per-axis variance 1 - CHILD_SHRINK^2: with children
-    of standard deviation CHILD_SHRINK, the mixture keeps the parent's mean and covariance in that plane."""
+def child_shrink(upsampling: float) -> float:
+    """The children's size over their parent's (:func:`densify`'s ``shrink``) for a photo that the fit's
+    renders see ``upsampling`` times enlarged (the fit's side over the photo's own pixels): no finer than
+    those pixels, from :data:`CHILD_SHRINK` up to :data:`MAX_CHILD_SHRINK`, as Mip-Splatting bounds a
+    Gaussian's size by the sampling rate of the views that see it. A photo at least as sharp as the renders
+    gets the finest children; a 128 px synthetic view fitted at 224 px (1.75) gets 0.875: the finest children
+    took on the interpolation between its pixels, which turned views do not bear out (held-out synthetic
+    heads: docs/reconstruct.md)."""
+    if not upsampling > 0:
+        raise ValueError(f"upsampling must be positive, got {upsampling}")
+    return min(MAX_CHILD_SHRINK, CHILD_SHRINK * max(1.0, upsampling))
+
+
+def child_grid(m: int, shrink: float = CHILD_SHRINK) -> Tensor:
+    """[m*m, 2] offsets of an m x m grid with mean 0 and per-axis variance 1 - shrink^2: with children of
+    standard deviation ``shrink``, the mixture keeps the parent's mean and covariance in that plane."""
     if m == 1:
         return torch.zeros(1, 2)
     t = torch.arange(m, dtype=torch.float32) - (m - 1) / 2
-    t = t * math.sqrt((1 - CHILD_SHRINK**2) / float((t**2).mean()))
+    t = t * math.sqrt((1 - shrink**2) / float((t**2).mean()))
     return torch.stack(torch.meshgrid(t, t, indexing="ij"), -1).reshape(m * m, 2)
 
 
-def densify(gaussians: Gaussians, num: int) -> tuple[Gaussians, Tensor]:
+def densify(gaussians: Gaussians, num: int, shrink: float = CHILD_SHRINK) -> tuple[Gaussians, Tensor]:
     """Split every Gaussian into ``k = num / len(gaussians)`` children (k a square: 4, 9, 16, ...) inside its
     own covariance.
 
     The children form a sqrt(k) x sqrt(k) grid in the plane of the parent's two largest axes
-    (:func:`child_grid`), each :data:`CHILD_SHRINK` times the parent's size along them, so the mixture has the
-    parent's mean and covariance; each child's opacity makes the children's summed optical depth through the
-    parent's centre :data:`CHILD_OPTICAL_DEPTH` of the parent's (``1 - (1 - o)^(0.5 / (k 0.5^2))``).
-    Returns the children and each child's parent index.
+    (:func:`child_grid`), each ``shrink`` times the parent's size along them (in (0, 1); :func:`child_shrink`),
+    so the mixture has the parent's mean and covariance; each child's opacity makes the children's summed
+    optical depth through the parent's centre :data:`CHILD_OPTICAL_DEPTH` of the parent's
+    (``1 - (1 - o)^(0.5 / (k shrink^2))``). Returns the children and each child's parent index.
     """
+    if not 0 < shrink < 1:
+        raise ValueError(f"the children's shrink must be in (0, 1), got {shrink}")
     n = len(gaussians)
     device = gaussians.means.device
     if num in (0, n):
@@ -351,12 +380,12 @@ def densify(gaussians: Gaussians, num: int) -> tuple[Gaussians, Tensor]:
     g = gaussians.select(parents)
     scales = g.scales
     largest = torch.argsort(scales, dim=-1, descending=True)[:, :2]
-    u = torch.zeros_like(g.means).scatter_(1, largest, child_grid(m).to(g.means).repeat(n, 1))
-    shrink = torch.ones_like(g.means).scatter_(1, largest, CHILD_SHRINK)
+    u = torch.zeros_like(g.means).scatter_(1, largest, child_grid(m, shrink).to(g.means).repeat(n, 1))
+    shrinks = torch.ones_like(g.means).scatter_(1, largest, shrink)
     offsets = (quat_to_rotmat(g.quats) @ (scales * u).unsqueeze(-1)).squeeze(-1)
     o = g.opacities.clamp(1e-6, 1 - 1e-6)
-    child_o = 1.0 - (1.0 - o) ** (CHILD_OPTICAL_DEPTH / (k * CHILD_SHRINK**2))
-    return g.replace(means=g.means + offsets, log_scales=g.log_scales + torch.log(shrink),
+    child_o = 1.0 - (1.0 - o) ** (CHILD_OPTICAL_DEPTH / (k * shrink**2))
+    return g.replace(means=g.means + offsets, log_scales=g.log_scales + torch.log(shrinks),
                      opacity_logits=torch.logit(child_o.clamp(1e-6, 1 - 1e-6))), parents
 
 
@@ -871,7 +900,8 @@ def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anch
                                                          msk[0, 0], cfg.max_width_change, cfg.min_silhouette_iou,
                                                          backend)
 
-    dense, parents = densify(gaussians.detach(), cfg.num_gaussians or len(gaussians))
+    shrink = cfg.child_shrink or child_shrink(size / min(image.shape[-2:]))
+    dense, parents = densify(gaussians.detach(), cfg.num_gaussians or len(gaussians), shrink)
     colour, weight = photo_colours(dense, vm, img[0], msk[0], backend)
     # The normal each Gaussian may move along: its template point's (or, without one, away from the centre).
     if normals is not None:
@@ -1002,7 +1032,7 @@ def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anch
                                    position_trust, parent_trust)
     return FitResult(fitted, pose, cfg.steps, losses, l1s, time.perf_counter() - start,
                      float((seen > 0.5).float().mean()), iou, geometry, warnings, midline, outside, bool(free.any()),
-                     height_scale, width_scale=width_scale)
+                     height_scale, width_scale=width_scale, child_shrink=shrink)
 
 
 @dataclass
@@ -1120,7 +1150,7 @@ def optimise(params: FitParams, trust: Tensor, total_loss: Callable[[], tuple[Te
 
 
 __all__ = ["HEIGHT_TOLERANCE_PX", "WIDTH_TOLERANCE_PX", "FitConfig", "FitDivergedError", "FitParams", "FitProgress",
-           "FitResult", "Prior", "TrustAdam", "align_midline", "bounded_move", "child_grid", "densify",
+           "FitResult", "Prior", "TrustAdam", "align_midline", "bounded_move", "child_grid", "child_shrink", "densify",
            "fit_head_height", "fit_head_width", "fit_to_photo", "head_iou", "matte_outside", "midline_pixels",
            "mirror_index", "optimise", "paint", "photo_colours", "photo_midline", "project_appearance", "shading_kept",
            "template_inputs", "turned_viewmats", "view_loss"]

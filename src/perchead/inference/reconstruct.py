@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -50,7 +50,7 @@ from ..io.commands import GRID_VIEWS
 from ..preprocess import PreprocessConfig, Preprocessed, preprocess_image
 from ..preprocess.io import DEFAULT_MAX_PIXELS, ImageInput
 from ..render import gsplat_available, rasterize
-from .fit import FitConfig, FitResult, turned_viewmats
+from .fit import FitConfig, FitResult, child_shrink, turned_viewmats
 from .pose import Pose, camera_K, estimate_pose
 from .tune import fit_network
 
@@ -348,6 +348,9 @@ class Reconstructor:
             pose = estimate_pose(image, mask)
         if cfg.steps == 0 and cfg.tune_steps == 0:
             return pose, None
+        if cfg.child_shrink is None and pre.source_side < image.shape[-1]:
+            # an enlarged crop of a small head: the children no finer than the photo's own pixels
+            cfg = replace(cfg, child_shrink=child_shrink(cfg.size / pre.source_side))
         bar = None
         if self.config.progress:
             from tqdm import tqdm

@@ -113,6 +113,11 @@ class Preprocessed:
     trimmed: float = 0.0
     """share of the person mask's alpha that :func:`~perchead.preprocess.matting.trim_background` took out"""
 
+    @property
+    def source_side(self) -> float:
+        """The crop's side in the photo's own pixels (less than the crop's when a small head was enlarged)."""
+        return float(self.crop_box[2] - self.crop_box[0])
+
     def metadata(self) -> dict:
         """Everything but the pixels, JSON-serialisable."""
         box = lambda b: None if b is None else [float(v) for v in b]  # noqa: E731

@@ -4,6 +4,7 @@ alone and for each fit, and each fitted minus the network (the tables of docs/re
     python benchmarks/fit_study.py --rows OUT/rows.csv       # a `perchead eval ... --fit-steps 60` run's rows
     python benchmarks/fit_study.py --data DATA --subjects 4 [--offset 0] \\
         --variant default='{}' --variant nofree='{"free_regions": []}' [--true-camera default] [--edges]
+        [--figure near.png]
 
 Buckets: those of :mod:`perchead.eval.reads_input` (0-30, 30-60, 60-105, 105-150, 150-180); rows of the
 ``novel`` group (frontal inputs), each (subject, input, target, method) once. ``--variant NAME=JSON`` fits with
@@ -12,7 +13,8 @@ is given the input view's own camera instead); each variant's line below the tab
 ``matte_outside`` (the share of the input's matte outside the network's silhouette). ``--edges`` also prints,
 per method, where its error near the input (target abs(yaw) < 30) lies: the share of the squared error within
 2 px of the target's silhouette (the pixels within 2 px of where the target turns from white to head) and
-the PSNR of the rest, over the images' summed squared error.
+the PSNR of the rest, over the images' summed squared error. ``--figure PATH`` writes those views (the input,
+the target, each method's render), a row each.
 """
 
 from __future__ import annotations
@@ -61,6 +63,35 @@ class EdgeError:
         for method, (total, edge, n) in self.sums.items():
             lines.append(f"| {method} | {n} | {edge / total:.2f} | {-10 * math.log10((total - edge) / n):.2f} |")
         return "\n".join(lines)
+
+
+class NearFigure:
+    """Each novel pair's targets within NEAR_DEG of the input: a row of the input, the target and every method's
+    render, for ``--figure``."""
+
+    def __init__(self) -> None:
+        self.cells: list = []
+        self.labels: list[str] = []
+        self.columns = 0
+
+    def __call__(self, case) -> None:
+        from perchead.eval.harness import group_of
+
+        if group_of(case.pair.setting) != "novel":
+            return
+        for i, target in enumerate(case.pair.targets):
+            if abs(target.yaw_deg) >= NEAR_DEG:
+                continue
+            row = [("input", case.input), (f"{case.subject} {target.yaw_deg:+.0f} deg", case.targets[i])]
+            row += [(method, renders[i]) for method, renders in case.renders.items()]
+            self.cells += [im.clamp(0, 1).permute(1, 2, 0) for _, im in row]
+            self.labels += [label for label, _ in row]
+            self.columns = len(row)
+
+    def save(self, path: Path) -> None:
+        from perchead.io import image_grid, save_image
+
+        save_image(image_grid(self.cells, self.columns, self.labels), path)
 
 
 def table(rows: list[dict], methods: list[str]) -> str:
@@ -118,13 +149,24 @@ def run_variants(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
     subjects = eval_subjects(data, EvalConfig())[args.offset:args.offset + args.subjects]
     suite = MetricSuite(["psnr"])
     edges = EdgeError() if args.edges else None
-    evaluate(methods, data, EvalConfig(subjects=tuple(s.id for s in subjects)), suite, progress=True, on_case=edges)
+    figure = NearFigure() if args.figure else None
+
+    def on_case(case) -> None:
+        for hook in (edges, figure):
+            if hook is not None:
+                hook(case)
+
+    evaluate(methods, data, EvalConfig(subjects=tuple(s.id for s in subjects)), suite, progress=True,
+             on_case=on_case)
     for m, spec in zip(methods[1:], args.variant, strict=True):
         print(f"{m.names[0]} ({spec}{', the true camera' if m.true_camera else ''}): matte_outside "
               f"{min(m.outside):.3f}-{max(m.outside):.3f} over {len(m.outside)} fits")
     print(f"subjects: {', '.join(s.id for s in subjects)}")
     if edges is not None:
         print(edges.table())
+    if figure is not None:
+        figure.save(args.figure)
+        print(f"wrote {args.figure}")
     return suite.rows, [n for m in methods for n in m.names]
 
 
@@ -138,6 +180,7 @@ def main() -> int:
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                     help="a fit: FitConfig fields as JSON ('{}': the defaults); repeatable")
     ap.add_argument("--edges", action="store_true", help="where the error near the input lies (module docstring)")
+    ap.add_argument("--figure", type=Path, help="write the views within 30 degrees of the input, every method's")
     ap.add_argument("--true-camera", nargs="*", default=[], metavar="NAME", help="variants given the true camera")
     args = ap.parse_args()
     if args.rows:

@@ -30,6 +30,15 @@ EDGE_PX = 2
 NEAR_DEG = 30.0
 
 
+def near_targets(case) -> list[int]:
+    """Indices of a novel pair's targets within NEAR_DEG of the input (none for the other groups' pairs)."""
+    from perchead.eval.harness import group_of
+
+    if group_of(case.pair.setting) != "novel":
+        return []
+    return [i for i, target in enumerate(case.pair.targets) if abs(target.yaw_deg) < NEAR_DEG]
+
+
 class EdgeError:
     """Where each method's squared error lies near the input: within EDGE_PX of the target's silhouette or not."""
 
@@ -39,14 +48,8 @@ class EdgeError:
     def __call__(self, case) -> None:
         import torch.nn.functional as F
 
-        from perchead.eval.harness import group_of
-
-        if group_of(case.pair.setting) != "novel":
-            return
         k = 2 * EDGE_PX + 1
-        for i, target in enumerate(case.pair.targets):
-            if abs(target.yaw_deg) >= NEAR_DEG:
-                continue
+        for i in near_targets(case):
             truth = case.targets[i]
             head = (truth < 0.96).any(0, keepdim=True).float()[None]  # targets are on white
             band = (F.max_pool2d(head, k, 1, EDGE_PX) + F.max_pool2d(-head, k, 1, EDGE_PX))[0]  # dilated - eroded
@@ -75,14 +78,9 @@ class NearFigure:
         self.columns = 0
 
     def __call__(self, case) -> None:
-        from perchead.eval.harness import group_of
-
-        if group_of(case.pair.setting) != "novel":
-            return
-        for i, target in enumerate(case.pair.targets):
-            if abs(target.yaw_deg) >= NEAR_DEG:
-                continue
-            row = [("input", case.input), (f"{case.subject} {target.yaw_deg:+.0f} deg", case.targets[i])]
+        for i in near_targets(case):
+            yaw = case.pair.targets[i].yaw_deg
+            row = [("input", case.input), (f"{case.subject} {yaw:+.0f} deg", case.targets[i])]
             row += [(method, renders[i]) for method, renders in case.renders.items()]
             self.cells += [im.clamp(0, 1).permute(1, 2, 0) for _, im in row]
             self.labels += [label for label, _ in row]

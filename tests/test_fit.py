@@ -378,6 +378,28 @@ def test_fit_keeps_the_unseen_side_of_the_head(demo, prediction):
     assert float((a - b).abs().mean()) < 0.04
 
 
+def test_the_photo_seen_from_beside_its_camera_shapes_a_head_that_holds_up_nearby(demo, prediction):
+    """FitConfig.jitter_weight: with the photo also the target of its camera turned 2 degrees either way, the head
+    fitted from a held-out synthetic head's frontal view renders closer to the true head 12 and 20 degrees round
+    (what the single view's steps paint for one camera slides off there). Measured (20 steps at 112 px, 16,384
+    Gaussians): 19.12 -> 19.41 dB mean over the four views, each one up by 0.21-0.38 dB; bounds +0.1 dB on the
+    mean and no view down by more than 0.1 dB."""
+    g, image, mask = prediction
+    pose = Pose(0.0, 0.0, "given")
+    yaws = (-20.0, -12.0, 12.0, 20.0)
+    truth = torch.stack([synth_view(TEST_SUBJECTS[0], y)[0] for y in yaws])
+    psnr = {}
+    for weight in (0.0, 0.5):
+        cfg = FitConfig(steps=20, size=112, num_gaussians=16384, jitter_deg=2.0, jitter_weight=weight)
+        fitted = fit_to_photo(g, image, mask, cfg, pose=pose, **template_inputs(demo)).gaussians
+        with torch.no_grad():
+            rgb = rasterize(fitted, turned_viewmats(pose.viewmat, yaws), camera_K(128).expand(4, 3, 3), 128, 128,
+                            background=1.0).rgb.permute(0, 3, 1, 2)
+        psnr[weight] = -10 * torch.log10((rgb - truth).square().mean((1, 2, 3)))
+    gain = psnr[0.5] - psnr[0.0]
+    assert float(gain.mean()) > 0.1 and float(gain.min()) > -0.1, gain
+
+
 # -- test-time tuning of the network ----------------------------------------------------------------------------
 def test_tuning_the_network_improves_the_views_it_was_not_tuned_on(demo):
     """Tuned on a held-out synthetic head's frontal view (its true camera), the network's head comes closer to
@@ -683,7 +705,8 @@ def test_nan_during_the_fit_is_a_clear_error(prediction, monkeypatch):
                                  dict(free_min_facing=-1.5), dict(tune_steps=-1), dict(tune_lr=0.0),
                                  dict(tune_size=8), dict(tune_novel_weight=-1.0), dict(max_height_change=1.0),
                                  dict(max_height_change=-0.1), dict(max_width_change=1.0),
-                                 dict(novel_yaws=(25.0, float("nan"))), dict(child_shrink=1.0), dict(child_shrink=0.0)])
+                                 dict(novel_yaws=(25.0, float("nan"))), dict(child_shrink=1.0), dict(child_shrink=0.0),
+                                 dict(jitter_weight=-0.5), dict(jitter_deg=float("inf")), dict(jitter_size=8)])
 def test_bad_fit_settings_are_refused(bad):
     with pytest.raises(ValueError):
         FitConfig(**bad)

@@ -60,7 +60,7 @@ from ..geometry import Gaussians
 from ..geometry.gaussians import rgb_to_sh_dc
 from ..geometry.head_surface import EARS, FACE, NECK, REGION_NAMES, SCALP
 from ..losses.pixel import ssim
-from ..render import rasterize, render_features
+from ..render import RenderOutput, rasterize, render_features
 from ..render.project import quat_to_rotmat
 from .pose import Pose, camera_K, estimate_pose, resize_to
 
@@ -824,6 +824,15 @@ def view_loss(out_rgb: Tensor, out_alpha: Tensor, image: Tensor, mask: Tensor, c
     return loss + cfg.alpha_weight * (out_alpha - mask).abs().mean()
 
 
+def photo_loss(out: RenderOutput, image: Tensor, mask: Tensor, cfg: FitConfig) -> Tensor:
+    """:func:`view_loss` of a one-camera render against the photo ``image`` [1, 3, S, S] and its matte ``mask``
+    [1, 1, S, S], the colours compared inside the matte only: outside it the alpha term alone makes Gaussians go.
+    On white, turning a Gaussian white matches as well as fading it, and grazing ones, whose opacity is held,
+    turned into white patches beside the neck seen from the side."""
+    rgb = out.rgb.permute(0, 3, 1, 2)
+    return view_loss(torch.where(mask > 0.5, rgb, image), out.alpha.permute(0, 3, 1, 2), image, mask, cfg)
+
+
 def fit_to_photo(gaussians: Gaussians, image: Tensor, mask: Tensor, config: FitConfig | None = None,
                  anchors: Tensor | None = None, s_max: float | None = None, pose: Pose | None = None,
                  backend: str = "auto", progress: FitProgress | None = None, normals: Tensor | None = None,
@@ -1029,18 +1038,12 @@ def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anch
     def total_loss() -> tuple[Tensor, Tensor]:
         g = params.gaussians()
         out = rasterize(g, vm[None], K, size, size, backend=backend, check_finite=False)
-        rgb, alpha = out.rgb.permute(0, 3, 1, 2), out.alpha.permute(0, 3, 1, 2)
-        l1_input = (rgb - img).abs().mean()
-        # Colours are compared inside the matte only: outside it the alpha term alone makes Gaussians go. On
-        # white, turning a Gaussian white matches as well as fading it, and grazing ones, whose opacity is
-        # held, turned into white patches beside the neck seen from the side.
-        loss = view_loss(torch.where(msk > 0.5, rgb, img), alpha, img, msk, cfg)
+        l1_input = (out.rgb.permute(0, 3, 1, 2) - img).abs().mean()
+        loss = photo_loss(out, img, msk, cfg)
         if jitter_vms is not None:
             j = rasterize(g, jitter_vms[step[0] % 2:step[0] % 2 + 1], jitter_K, cfg.jitter_size, cfg.jitter_size,
                           backend=backend, check_finite=False)
-            j_rgb = j.rgb.permute(0, 3, 1, 2)
-            loss = loss + cfg.jitter_weight * view_loss(torch.where(jitter_msk > 0.5, j_rgb, jitter_img),
-                                                        j.alpha.permute(0, 3, 1, 2), jitter_img, jitter_msk, cfg)
+            loss = loss + cfg.jitter_weight * photo_loss(j, jitter_img, jitter_msk, cfg)
         if cfg.novel_weight > 0:
             i = step[0] % len(cfg.novel_yaws)
             nov = rasterize(g, novel_vms[i:i + 1], novel_K, cfg.novel_size, cfg.novel_size, backend=backend,
@@ -1183,5 +1186,5 @@ def optimise(params: FitParams, trust: Tensor, total_loss: Callable[[], tuple[Te
 __all__ = ["HEIGHT_TOLERANCE_PX", "WIDTH_TOLERANCE_PX", "FitConfig", "FitDivergedError", "FitParams", "FitProgress",
            "FitResult", "Prior", "TrustAdam", "align_midline", "bounded_move", "child_grid", "child_shrink", "densify",
            "fit_head_height", "fit_head_width", "fit_to_photo", "head_iou", "matte_outside", "midline_pixels",
-           "mirror_index", "optimise", "paint", "photo_colours", "photo_midline", "project_appearance", "shading_kept",
-           "template_inputs", "turned_viewmats", "view_loss"]
+           "mirror_index", "optimise", "paint", "photo_colours", "photo_loss", "photo_midline", "project_appearance",
+           "shading_kept", "template_inputs", "turned_viewmats", "view_loss"]

@@ -382,7 +382,8 @@ def test_the_photo_seen_from_beside_its_camera_shapes_a_head_that_holds_up_nearb
     """FitConfig.jitter_weight: with the photo also the target of its camera turned 2 degrees either way, the head
     fitted from a held-out synthetic head's frontal view renders closer to the true head 12 and 20 degrees round
     (what the single view's steps paint for one camera slides off there). Measured (20 steps at 112 px, 16,384
-    Gaussians): 19.12 -> 19.41 dB mean over the four views, each one up by 0.21-0.38 dB; bounds +0.1 dB on the
+    Gaussians): 19.12 -> 19.41 dB mean over the four views, each one up by 0.21-0.38 dB, on an AVX-512 EPYC; on an
+    AVX2-only one 19.13-19.14 -> 19.44-19.46, each up by 0.17-0.44, at one and two threads; bounds +0.1 dB on the
     mean and no view down by more than 0.1 dB."""
     g, image, mask = prediction
     pose = Pose(0.0, 0.0, "given")

@@ -302,8 +302,7 @@ def _forward(packed, k, offsets, ids, tile_order, width, height, tile_size, tile
                     hit = (live[p] > zero) & (sigma >= zero) & (sigma <= cut) & (alpha >= amin)
                     stop = hit & (t_old * (one - alpha) <= tmin)
                     stop_f = one if stop else zero
-                    draw_f = one if hit else zero
-                    draw_f = draw_f - stop_f
+                    draw_f = (one if hit else zero) - stop_f
                     a_draw = alpha * draw_f
                     weight[p] = a_draw * t_old
                     trans[p] = t_old * (one - a_draw)

@@ -168,6 +168,41 @@ def test_depth_order_is_a_stable_sort_per_camera(dtype):
     np.testing.assert_array_equal(order_cam, np.repeat(np.arange(n_cams), [len(e) for e in expected]))
 
 
+@pytest.mark.parametrize("n_chunks", [1, 2, 5])
+def test_tile_lists_are_each_tiles_reaching_rows_in_depth_order(n_chunks):
+    """The binning's two counting sorts (runs of the depth order, then rows of tiles) must give, for every
+    (camera, tile), the rows whose ellipse reaches it in depth order, whatever the number of runs."""
+    from perchead.render import cpu
+    from perchead.render.project_cpu import project_cpu
+
+    g = random_gaussians(300, seed=9)
+    viewmats, Ks, w, h = _cams(size=45, height=37)
+    n_cams, tiles_x, tiles_y = len(viewmats), 6, 5  # 8 px tiles
+    proj = project_cpu(g.means, g.quats, g.scales, viewmats, Ks, w, h)
+    n = n_cams * len(g.means)
+    packed, extents, keep = np.empty((n, cpu._PACK), np.float32), np.empty((n, cpu._N_EXTENTS)), np.empty(n, bool)
+    cpu._pack_rows(proj.means2d.reshape(-1, 2).numpy(), proj.conics.reshape(-1, 3).numpy(),
+                   g.opacities.detach().double().numpy(), proj.extents.reshape(-1, 2).double().numpy(),
+                   proj.valid.reshape(-1).numpy(), packed, extents, keep)
+    order, order_cam = cpu._depth_order(proj.depths.reshape(-1).numpy().view(np.uint32), keep, n_cams)
+    offsets, ids = cpu._bin_tiles(packed, extents, order, order_cam, n_cams, 8, tiles_x, tiles_y, n_chunks)
+    n_tiles = tiles_x * tiles_y
+    expected = [[] for _ in range(n_cams * n_tiles)]
+    for row, cam in zip(order, order_cam, strict=True):
+        mx, my = packed[row, cpu._MX], packed[row, cpu._MY]
+        x0 = max(int(np.floor((mx - extents[row, cpu._EX] - 1.5) / 8)), 0)
+        x1 = min(int(np.floor((mx + extents[row, cpu._EX] + 0.5) / 8)), tiles_x - 1)
+        y0 = max(int(np.floor((my - extents[row, cpu._EY] - 1.5) / 8)), 0)
+        y1 = min(int(np.floor((my + extents[row, cpu._EY] + 0.5) / 8)), tiles_y - 1)
+        for ty in range(y0, y1 + 1):
+            lo, hi = (x0, x1) if (x0, y0) == (x1, y1) else cpu._row_reach(packed, extents, row, ty, 8, x0, x1)
+            for tx in range(lo, hi + 1):
+                expected[cam * n_tiles + ty * tiles_x + tx].append(row)
+    assert sum(map(len, expected)) > 3 * len(order), "the scene's Gaussians should reach several tiles each"
+    np.testing.assert_array_equal(np.diff(offsets), [len(e) for e in expected])
+    np.testing.assert_array_equal(ids, np.concatenate(expected).astype(np.int32))
+
+
 def test_batched_gaussians_render_like_separate_calls():
     a, b = random_gaussians(80, seed=1), random_gaussians(80, seed=2)
     batch = Gaussians(**{k: torch.stack([getattr(a, k), getattr(b, k)]) for k in PARAMS})

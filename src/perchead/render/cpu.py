@@ -285,7 +285,7 @@ def _forward(packed, k, offsets, ids, tile_order, width, height, tile_size, tile
         trans = np.empty(n_pix, dtype)
         weight = np.empty(n_pix, dtype)
         live = np.empty(n_pix, dtype)  # 1 or 0, a float mask (see _FAST)
-        used = np.empty(n_pix, np.int32)
+        used = np.empty(n_pix, dtype)  # a count in the float type (see _FAST), exact below 2^24 entries a tile
         acc = np.empty((n_feat, n_pix), dtype)
         for i in range(th, tile_order.shape[0], n_threads):
             tile = tile_order[i]
@@ -298,15 +298,16 @@ def _forward(packed, k, offsets, ids, tile_order, width, height, tile_size, tile
                 live[p] = one if inside else zero
                 n_live += inside
                 trans[p] = one
-                used[p] = 0
+                used[p] = zero
             acc[:] = zero
+            rank = zero
             for j in range(start, end):
                 g = ids[j]
                 mx, my, a, b, c = packed[g, _MX], packed[g, _MY], packed[g, _CA], packed[g, _CB], packed[g, _CC]
                 opac = packed[g, _OP]
                 n_draw = zero  # 32-bit lanes only, and no conditional store: see _FAST
                 n_stop = zero
-                rank = np.int32(j - start + 1)
+                rank += one
                 for p in range(n_pix):
                     dx = pxs[p] - mx
                     dy = pys[p] - my
@@ -320,7 +321,9 @@ def _forward(packed, k, offsets, ids, tile_order, width, height, tile_size, tile
                     a_draw = alpha * draw_f
                     weight[p] = a_draw * t_old
                     trans[p] = t_old * (one - a_draw)
-                    used[p] = max(used[p], rank * np.int32(draw_f))  # entries the backward must walk back over
+                    # entries the backward must walk back over: rank where drawn (never below used), as
+                    # arithmetic because LLVM turns max() into a masked store
+                    used[p] = used[p] + (rank - used[p]) * draw_f
                     live[p] = live[p] - stop_f
                     n_draw += draw_f
                     n_stop += stop_f
@@ -339,7 +342,7 @@ def _forward(packed, k, offsets, ids, tile_order, width, height, tile_size, tile
                     for f in range(n_feat):
                         out_feat[cam, py, px, f] = acc[f, p]
                     out_t[cam, py, px] = trans[p]
-                    out_n[cam, py, px] = used[p]
+                    out_n[cam, py, px] = np.int32(used[p])
 
 
 @njit(parallel=True, fastmath=_FAST, cache=True)

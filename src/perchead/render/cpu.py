@@ -85,7 +85,7 @@ def _bin_tiles(packed, extents, order, order_cam, n_cams, tile_size, tiles_x, ti
     of tiles, after those of the runs before it, so each row of tiles holds its spans in depth order; then each
     row of tiles, one per thread, counts its tiles' entries and writes its spans into its own tiles' lists, a
     part of ``ids`` small enough to stay in cache. Writing each entry straight from the depth-ordered runs into
-    its tile's list instead (one sort) was 1.5-2x slower: every write then lands on a different cache line
+    its tile's list instead (one sort) was 1.4-1.6x slower: every write then lands on a different cache line
     (docs/render.md).
     """
     n = order.shape[0]

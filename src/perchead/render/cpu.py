@@ -501,6 +501,9 @@ class _TileBins:
         # The longest lists first, dealt round-robin: threads finish together although a head's tiles cost
         # from nothing (background) to thousands of entries (hair).
         lengths = np.diff(self.offsets)
+        if dtype == np.float32 and len(lengths) and lengths.max() >= 2**24:
+            raise ValueError(f"a tile's list holds {lengths.max():,} Gaussians, more than the float32 kernels "
+                             "count exactly (2^24): render in float64 or with fewer Gaussians")
         busy = np.flatnonzero(lengths)
         self.tile_order = busy[np.argsort(-lengths[busy], kind="stable")].astype(np.int64)
 

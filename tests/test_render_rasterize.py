@@ -238,6 +238,22 @@ def test_bad_tile_size_is_refused():
         rasterize(g, viewmats, Ks, w, h, backend="cpu", tile_size=0)
 
 
+def test_a_tile_list_beyond_the_float32_count_is_refused(monkeypatch):
+    # the float32 forward counts each pixel's list entries in a float, exact below 2^24; the binning is faked,
+    # since a real list that long needs more than 16 million Gaussians on one tile (its ids all Gaussian 0, so
+    # that without the check the forward would run, not read past the list)
+    from perchead.render import cpu
+
+    def too_long(*args):
+        return np.array([0, 2**24], np.int64), np.zeros(2**24, np.int32)
+
+    monkeypatch.setattr(cpu, "_bin_tiles", too_long)
+    g = random_gaussians(5)
+    viewmats, Ks, _, _ = _cams(size=8, yaws=(0.0,))
+    with pytest.raises(ValueError, match=r"2\^24\): render in float64 or with fewer Gaussians"):
+        rasterize(g, viewmats, Ks, 8, 8, backend="cpu")
+
+
 def test_backend_choice():
     g = random_gaussians(5)
     viewmats, Ks, w, h = _cams(size=8)

@@ -38,11 +38,12 @@ DEFAULT_TILE_SIZE = 8
 # masked-out lanes may hold inf, and the comparisons that mask them must stay exact.
 _FAST = {"reassoc", "contract", "nsz", "arcp"}
 # The pixel loops are written for AVX2 as much as for AVX-512. Each writes every element unconditionally and
-# selects with 0 / 1 factors (exact: x * 1 = x, x * 0 = 0, max(used, 0) = used), because a conditional
-# assignment (x[p] = v if c else x[p]) compiles to masked stores, which AVX-512 does in one instruction but AMD's
-# AVX2 cores microcode; and their counters and indices are 32-bit floats and ints, because one int64 lane
-# (numba's default integer) halves the vector width on AVX2. Both kernels ran 2.3-3.3x faster on an AMD EPYC
-# Zen 3 with the same images and gradients (docs/render.md, "On an AVX2-only CPU").
+# selects with 0 / 1 factors (exact: x * 1 = x, x * 0 = 0, used + (rank - used) * 0 = used), because a
+# conditional assignment (x[p] = v if c else x[p], or x[p] = max(x[p], v)) compiles to masked stores, which
+# AVX-512 does in one instruction but AMD's AVX2 cores microcode; and their counters and indices are 32-bit floats
+# and ints, because one int64 lane (numba's default integer, and the type of int32 * int32) halves the vector
+# width on AVX2. Both kernels ran 2.3-3.3x faster on an AMD EPYC Zen 3 with the same images and gradients
+# (docs/render.md, "On an AVX2-only CPU").
 
 # Per-Gaussian screen-space parameters, packed into one row so that a tile reads one cache line per entry.
 _MX, _MY, _CA, _CB, _CC, _OP = range(6)

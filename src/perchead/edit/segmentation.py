@@ -22,6 +22,7 @@ from scipy import ndimage
 from torch import Tensor
 
 from perchead.data.format import SEG, SEGMENT_CLASSES
+from perchead.preprocess.detect import fill_polygon, landmark_ring
 
 NUM_CLASSES = len(SEGMENT_CLASSES)  # 19
 
@@ -261,31 +262,10 @@ _OUTER_LIPS = [61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269,
 _INNER_LIPS = [78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191]
 
 
-def _ring(connections) -> list[int]:
-    """Order the edges of a closed Face Mesh contour into a polygon (a list of landmark ids)."""
-    nxt: dict[int, int] = {}
-    for a, b in connections:
-        nxt.setdefault(a, b)
-    start = next(iter(nxt))
-    ring, cur = [start], nxt[start]
-    while cur != start and cur in nxt and len(ring) <= len(nxt):
-        ring.append(cur)
-        cur = nxt[cur]
-    return ring
-
-
-def _fill(shape: tuple[int, int], points: np.ndarray) -> np.ndarray:
-    from PIL import ImageDraw
-
-    img = Image.new("L", (shape[1], shape[0]), 0)
-    ImageDraw.Draw(img).polygon([tuple(map(float, p)) for p in points], fill=1)
-    return np.asarray(img, dtype=bool)
-
-
 def _hull(shape: tuple[int, int], points: np.ndarray) -> np.ndarray:
     from scipy.spatial import ConvexHull
 
-    return _fill(shape, points[ConvexHull(points).vertices])
+    return fill_polygon(shape, points[ConvexHull(points).vertices])
 
 
 def segment_mediapipe(rgb: np.ndarray, person: np.ndarray | None = None) -> Segmentation:
@@ -311,7 +291,7 @@ def segment_mediapipe(rgb: np.ndarray, person: np.ndarray | None = None) -> Segm
                          "use a frontal portrait, pass a map with --seg, or a face parser with --face-parser")
 
     def poly(connections) -> np.ndarray:
-        return _fill((h, w), pts[_ring(connections)])
+        return fill_polygon((h, w), pts[landmark_ring(connections)])
 
     def hull(connections) -> np.ndarray:
         return _hull((h, w), pts[sorted({i for e in connections for i in e})])
@@ -339,8 +319,8 @@ def segment_mediapipe(rgb: np.ndarray, person: np.ndarray | None = None) -> Segm
         labels[hull(conn)] = SEG[name]
     for name, conn in (("l_eye", fmc.FACEMESH_LEFT_EYE), ("r_eye", fmc.FACEMESH_RIGHT_EYE)):
         labels[hull(conn)] = SEG[name]
-    outer = _fill((h, w), pts[_OUTER_LIPS])
-    inner = _fill((h, w), pts[_INNER_LIPS])
+    outer = fill_polygon((h, w), pts[_OUTER_LIPS])
+    inner = fill_polygon((h, w), pts[_INNER_LIPS])
     centre_y = (pts[13, 1] + pts[14, 1]) / 2  # inner upper / lower lip midpoints
     labels[outer & (ys < centre_y)] = SEG["u_lip"]
     labels[outer & (ys >= centre_y)] = SEG["l_lip"]

@@ -199,6 +199,11 @@ class FitConfig:
     max_width_change: float = 0.15
     """the skull may be scaled horizontally (its width, and its depth behind the face) by up to this share so that
     its width at the temples meets the photo's matte's (:func:`fit_head_width`); 0: the network's width"""
+    max_face_narrowing: float = 0.2
+    """the head in front of the ears, from the eyes down, may be narrowed by up to this share so that the
+    template's face region, seen from the camera, is no wider than the photo's face oval (Face Mesh;
+    :func:`fit_face_width`); 0: the network's width. Never widened: a face widened to the oval (Obama 3, by 20%)
+    lost 4 dB from its own camera (docs/reconstruct.md)"""
     max_midline_offset: float = 0.045
     """metres: the left-right map mirrors through the photo's own face midline (:func:`photo_midline`) when it
     lands within this of the head's; farther, the face and the head disagree too much to mirror (no mirror,
@@ -239,7 +244,7 @@ class FitConfig:
             unknown = [r for r in getattr(self, name) if r not in REGION_NAMES]
             if unknown:
                 raise ValueError(f"{name} must be among {REGION_NAMES}, got {unknown}")
-        for name in ("max_height_change", "max_width_change"):
+        for name in ("max_height_change", "max_width_change", "max_face_narrowing"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} is a share of the head's size, in [0, 1); got {getattr(self, name)}")
         if not -1.0 <= self.free_min_facing <= 1.0:
@@ -290,6 +295,8 @@ class FitResult:
     """the vertical scale :func:`fit_head_height` gave the head above the brows (1: unchanged)"""
     width_scale: float = 1.0
     """the horizontal scale :func:`fit_head_width` gave the skull (1: unchanged)"""
+    face_width_scale: float = 1.0
+    """the horizontal scale :func:`fit_face_width` gave the face (1: unchanged or not fitted)"""
     child_shrink: float = CHILD_SHRINK
     """the densified children's size over their parent's (:func:`child_shrink`: coarser for a coarse photo)"""
     tune_losses: list[float] = field(default_factory=list)
@@ -310,7 +317,8 @@ class FitResult:
                 "midline_mm": None if self.midline is None else round(self.midline * 1000, 2),
                 "matte_outside": None if math.isnan(self.matte_outside) else round(self.matte_outside, 4),
                 "free_regions_freed": self.free_regions_freed, "height_scale": round(self.height_scale, 4),
-                "width_scale": round(self.width_scale, 4), "child_shrink": round(self.child_shrink, 4),
+                "width_scale": round(self.width_scale, 4), "face_width_scale": round(self.face_width_scale, 4),
+                "child_shrink": round(self.child_shrink, 4),
                 "tune_steps": max(0, len(self.tune_losses) - 1),
                 "tune_loss_first": round(self.tune_losses[0], 6) if self.tune_losses else None,
                 "tune_loss_last": round(self.tune_losses[-1], 6) if self.tune_losses else None,
@@ -436,18 +444,23 @@ MIDLINE_LANDMARK_MM = 2.0
 (28 of the 478: forehead, nose ridge, philtrum, lips, chin)"""
 
 
-def midline_pixels(image: Tensor, mask: Tensor) -> Tensor | None:
-    """[M, 2] (x, y) pixels of the photo's face midline: MediaPipe Face Mesh's landmarks whose point in the
-    canonical landmark model lies on x = 0 (:data:`MIDLINE_LANDMARK_MM`), in ``image`` [3, S, S] composited on
-    white with ``mask``; None when Face Mesh finds no face."""
-    import numpy as np
-
+def photo_landmarks(image: Tensor, mask: Tensor) -> np.ndarray | None:
+    """[478, 2] (x, y) pixels of MediaPipe Face Mesh's landmarks in ``image`` [3, S, S] composited on white with
+    ``mask``; None when Face Mesh finds no face."""
     from ..io import to_uint8
     from ..preprocess.detect import face_mesh_landmarks
-    from .pose import landmark_model
 
     matted = image * mask + (1 - mask)
-    points = face_mesh_landmarks(np.ascontiguousarray(to_uint8(matted.detach().cpu().permute(1, 2, 0))))
+    return face_mesh_landmarks(np.ascontiguousarray(to_uint8(matted.detach().cpu().permute(1, 2, 0))))
+
+
+def midline_pixels(image: Tensor, mask: Tensor, landmarks: np.ndarray | None = None) -> Tensor | None:
+    """[M, 2] (x, y) pixels of the photo's face midline: MediaPipe Face Mesh's landmarks (``landmarks``, or
+    :func:`photo_landmarks` of ``image`` and ``mask``) whose point in the canonical landmark model lies on x = 0
+    (:data:`MIDLINE_LANDMARK_MM`); None when Face Mesh finds no face."""
+    from .pose import landmark_model
+
+    points = photo_landmarks(image, mask) if landmarks is None else landmarks
     if points is None:
         return None
     on_midline = np.abs(landmark_model()[:, 0]) < MIDLINE_LANDMARK_MM / 1000
@@ -643,6 +656,83 @@ def fit_head_width(gaussians: Gaussians, anchors: Tensor | None, regions: Tensor
 
     return (gaussians.replace(means=scaled(gaussians.means)), None if anchors is None else scaled(anchors),
             scale)
+
+
+FACE_WIDTH_TOLERANCE = 0.01
+"""a face whose width and the photo's face oval's differ by less than this share is left as it is"""
+EYE_CORNERS = (33, 133, 263, 362)
+"""Face Mesh's landmarks at the corners of the eyes"""
+CHIN = 152
+
+
+def fit_face_width(gaussians: Gaussians, anchors: Tensor | None, regions: Tensor, viewmat: Tensor, K: Tensor,
+                   mask: Tensor, landmarks: np.ndarray | None, max_narrowing: float, max_widening: float = 0.0,
+                   min_iou: float = 0.0, backend: str = "auto",
+                   iterations: int = 2) -> tuple[Gaussians, Tensor | None, float]:
+    """The face scaled horizontally so that the template's face region, seen from ``viewmat``, is as wide as
+    the photo's face oval (Face Mesh's, from ``landmarks`` [478, 2] at the size of ``mask`` [S, S]): the
+    network's face region reached 12-13 px (at 224 px) past a turned man's face on either side, and from 45
+    degrees round the photo's band along the face's outline (ear, hair) showed across the cheek.
+
+    Measured on the rows from the eyes to three quarters of the way to the chin: the median of oval width /
+    face-region width; the scale stays within [1 - ``max_narrowing``, 1 + ``max_widening``] (the fit only
+    narrows: widened, a face lost 4 dB from its own camera). It applies to x about the head's midline, in full
+    below the eyes (their height on the head read at the eye-corner landmarks) and fading to none at the brows
+    (the upper quarter of the face region, where :func:`fit_head_width` acts), and in full in front of the face's
+    median depth, fading to none at the ears' depth, so that the ears and the hair beside the face, which the
+    matte's outline fitted, stay. Applied twice, each time measured anew. Nothing changes where Face Mesh found no
+    face, the widths differ by less than :data:`FACE_WIDTH_TOLERANCE`, or the head's silhouette IoU with the
+    matte is below ``min_iou``. Returns the Gaussians, the anchors and the scale."""
+    size = mask.shape[-1]
+    if landmarks is None or max_narrowing <= 0 and max_widening <= 0:
+        return gaussians, anchors, 1.0
+    from ..preprocess.detect import face_oval_mask
+
+    oval = face_oval_mask(landmarks, (size, size))
+    eye_row = float(landmarks[[EYE_CORNERS[0], EYE_CORNERS[2]], 1].mean())
+    rows = range(max(0, int(eye_row)), min(size, int(eye_row + 0.75 * (landmarks[CHIN, 1] - eye_row))))
+    corners = torch.from_numpy(landmarks[list(EYE_CORNERS)].round().astype(np.int64)).clamp(0, size - 1)
+    total = 1.0
+    for _ in range(iterations):
+        seen = _trusted_silhouette(gaussians, regions, (FACE,), viewmat, K, mask, min_iou, backend)
+        if seen is None:
+            break
+        alpha, share = seen
+        face = ((alpha > 0.5) & (share[..., 1] > 0.5)).cpu().numpy()
+        ratios = []
+        for y in rows:
+            o, f = np.flatnonzero(oval[y]), np.flatnonzero(face[y])
+            if len(o) > 4 and len(f) > 4:
+                ratios.append((o[-1] - o[0] + 1) / (f[-1] - f[0] + 1))
+        if len(ratios) < 4:
+            break
+        scale = min(1 + max_widening, max(1 - max_narrowing, total * float(np.median(ratios)))) / total
+        if abs(scale - 1) < FACE_WIDTH_TOLERANCE:
+            break
+        g = gaussians.detach()
+        with torch.no_grad():
+            y, a = render_features(g, g.means[:, 1:2].contiguous(), viewmat[None], K[None], size, size,
+                                   backend=backend)
+        a_eye = a[0, corners[:, 1], corners[:, 0], 0]
+        points = g.means if anchors is None else anchors
+        face_points = points[regions == FACE]
+        brow = float(face_points[:, 1].quantile(0.75))
+        if int((a_eye > 0.5).sum()) < 2 or not bool((regions == EARS).any()):
+            break
+        eye = float((y[0, corners[:, 1], corners[:, 0], 0] / a_eye.clamp_min(1e-6))[a_eye > 0.5].median())
+        front, ears = float(face_points[:, 2].median()), float(points[regions == EARS, 2].median())
+        if eye >= brow or ears >= front:
+            break
+
+        def scaled(p: Tensor, scale: float = scale, eye: float = eye, brow: float = brow, front: float = front,
+                   ears: float = ears) -> Tensor:
+            f = (((brow - p[:, 1:2]) / (brow - eye)).clamp(0, 1) * ((p[:, 2:3] - ears) / (front - ears)).clamp(0, 1))
+            return torch.cat([p[:, :1] * (1 + (scale - 1) * f), p[:, 1:]], -1)
+
+        gaussians = gaussians.replace(means=scaled(gaussians.means))
+        anchors = None if anchors is None else scaled(anchors)
+        total *= scale
+    return gaussians, anchors, total
 
 
 def paint(gaussians: Gaussians, colour: Tensor, weight: Tensor, prior_visibility: float) -> Gaussians:
@@ -910,15 +1000,19 @@ def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anch
     size = cfg.size
     img = resize_to(image, size).to(device)[None]
     msk = resize_to(mask, size).to(device)[None]
-    # Face Mesh runs once: the camera's alignment and the mirror's plane read the same midline landmarks.
+    # Face Mesh runs once: the camera's alignment and the mirror's plane read the same midline landmarks, and
+    # the face's width the same face oval.
     align = cfg.max_camera_shift > 0 and pose.method != "given"
-    if pixels is None and (align or cfg.symmetry):
-        pixels = midline_pixels(img[0], msk[0])
+    landmarks = None
+    if cfg.max_face_narrowing > 0 or (pixels is None and (align or cfg.symmetry)):
+        landmarks = photo_landmarks(img[0], msk[0])
+    if pixels is None and (align or cfg.symmetry) and landmarks is not None:
+        pixels = midline_pixels(img[0], msk[0], landmarks)
     if align and pixels is not None:
         pose, _ = align_midline(gaussians, pose, img[0], msk[0], cfg.max_camera_shift, backend, pixels=pixels)
     vm = pose.viewmat.to(device)
     K = camera_K(size).to(device)[None]
-    height_scale = width_scale = 1.0
+    height_scale = width_scale = face_width_scale = 1.0
     if cfg.max_height_change > 0 and regions is not None:
         gaussians, anchors, height_scale = fit_head_height(gaussians, anchors, regions.to(device), vm, K[0],
                                                            msk[0, 0], cfg.max_height_change,
@@ -927,6 +1021,10 @@ def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anch
         gaussians, anchors, width_scale = fit_head_width(gaussians, anchors, regions.to(device), vm, K[0],
                                                          msk[0, 0], cfg.max_width_change, cfg.min_silhouette_iou,
                                                          backend)
+    if cfg.max_face_narrowing > 0 and regions is not None:
+        gaussians, anchors, face_width_scale = fit_face_width(gaussians, anchors, regions.to(device), vm, K[0],
+                                                              msk[0, 0], landmarks, cfg.max_face_narrowing,
+                                                              min_iou=cfg.min_silhouette_iou, backend=backend)
 
     shrink = cfg.child_shrink or child_shrink(size / min(image.shape[-2:]))
     dense, parents = densify(gaussians.detach(), cfg.num_gaussians or len(gaussians), shrink)
@@ -1066,7 +1164,8 @@ def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anch
                                    position_trust, parent_trust)
     return FitResult(fitted, pose, cfg.steps, losses, l1s, time.perf_counter() - start,
                      float((seen > 0.5).float().mean()), iou, geometry, warnings, midline, outside, bool(free.any()),
-                     height_scale, width_scale=width_scale, child_shrink=shrink)
+                     height_scale, width_scale=width_scale, face_width_scale=face_width_scale,
+                     child_shrink=shrink)
 
 
 @dataclass
@@ -1184,7 +1283,8 @@ def optimise(params: FitParams, trust: Tensor, total_loss: Callable[[], tuple[Te
 
 
 __all__ = ["HEIGHT_TOLERANCE_PX", "WIDTH_TOLERANCE_PX", "FitConfig", "FitDivergedError", "FitParams", "FitProgress",
-           "FitResult", "Prior", "TrustAdam", "align_midline", "bounded_move", "child_grid", "child_shrink", "densify",
-           "fit_head_height", "fit_head_width", "fit_to_photo", "head_iou", "matte_outside", "midline_pixels",
-           "mirror_index", "optimise", "paint", "photo_colours", "photo_loss", "photo_midline", "project_appearance",
-           "shading_kept", "template_inputs", "turned_viewmats", "view_loss"]
+           "FitResult", "Prior", "TrustAdam", "align_midline", "bounded_move", "child_grid", "child_shrink",
+           "densify", "fit_face_width", "fit_head_height", "fit_head_width", "fit_to_photo", "head_iou",
+           "matte_outside", "midline_pixels", "mirror_index", "optimise", "paint", "photo_colours", "photo_landmarks",
+           "photo_loss", "photo_midline", "project_appearance", "shading_kept", "template_inputs", "turned_viewmats",
+           "view_loss"]

@@ -278,6 +278,36 @@ def refine_keypoints(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return pts[468], pts[473], (pts[13] + pts[14]) / 2
 
 
+def landmark_ring(connections) -> list[int]:
+    """Order the edges of a closed Face Mesh contour (e.g. ``FACEMESH_FACE_OVAL``) into a polygon: a list of
+    landmark ids."""
+    nxt: dict[int, int] = {}
+    for a, b in connections:
+        nxt.setdefault(a, b)
+    start = next(iter(nxt))
+    ring, cur = [start], nxt[start]
+    while cur != start and cur in nxt and len(ring) <= len(nxt):
+        ring.append(cur)
+        cur = nxt[cur]
+    return ring
+
+
+def fill_polygon(shape: tuple[int, int], points: np.ndarray) -> np.ndarray:
+    """[H, W] bool mask of the polygon through ``points`` [M, 2] (x, y pixels)."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("L", (shape[1], shape[0]), 0)
+    ImageDraw.Draw(img).polygon([tuple(map(float, p)) for p in points], fill=1)
+    return np.asarray(img, dtype=bool)
+
+
+def face_oval_mask(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """[H, W] bool mask inside Face Mesh's face oval, from its 478 landmarks ``points`` [478, 2]."""
+    from mediapipe.python.solutions import face_mesh_connections as fmc
+
+    return fill_polygon(shape, points[landmark_ring(fmc.FACEMESH_FACE_OVAL)])
+
+
 def face_mesh_landmarks(rgb: np.ndarray) -> np.ndarray | None:
     """[478, 2] pixel positions of MediaPipe Face Mesh's landmarks (with irises) of the one face in ``rgb``,
     or None when it finds none (or MediaPipe is not installed)."""

@@ -12,7 +12,10 @@ rather than from a picture painted for one camera (issue 28):
    centred between the eyes, which on a turned face are not in front of the head's centre); then
    :func:`fit_head_height` stretches or squashes the head above the brows until its top meets the top of the
    photo's matte (the network gives every head one skull height; on a short-haired man it stood above his
-   hair, and the fit, which cannot move grazing or hidden Gaussians, left a transparent arc between the two).
+   hair, and the fit, which cannot move grazing or hidden Gaussians, left a transparent arc between the two);
+   :func:`fit_head_width` scales the skull to the matte's width at the temples, and :func:`fit_face_width`
+   narrows the face in front of the ears to the photo's face oval (wider, the face took the photo's ear and
+   hair along its outline, which showed across the cheek from 45 degrees round).
 2. :func:`densify` -- every predicted Gaussian becomes a grid of ``k`` children inside its own covariance (the
    mixture keeps the parent's mean and covariance), so that the fitted head has the paper's 65,536 Gaussians;
    the children are no finer than the photo's pixels (:func:`child_shrink`: a photo smaller than the fit's

@@ -930,7 +930,7 @@ def fit_to_photo(gaussians: Gaussians, image: Tensor, mask: Tensor, config: FitC
                  anchors: Tensor | None = None, s_max: float | None = None, pose: Pose | None = None,
                  backend: str = "auto", progress: FitProgress | None = None, normals: Tensor | None = None,
                  regions: Tensor | None = None, outside: float | None = None,
-                 pixels: Tensor | None = None) -> FitResult:
+                 landmarks: np.ndarray | None = None) -> FitResult:
     """Fit the predicted head ``gaussians`` (unbatched) to the photo.
 
     Args:
@@ -944,7 +944,7 @@ def fit_to_photo(gaussians: Gaussians, image: Tensor, mask: Tensor, config: FitC
         regions: [N_pred] the template's region ids (None: one region).
         outside: the share of the photo's matte outside the head's silhouette that decides whether the free
             regions are freed (:attr:`FitConfig.free_min_outside`); None: measured on ``gaussians``.
-        pixels: the photo's :func:`midline_pixels` at ``config.size`` when a caller already ran Face Mesh
+        landmarks: the photo's :func:`photo_landmarks` at ``config.size`` when a caller already ran Face Mesh
             (None: found here).
         (:func:`template_inputs` gives anchors, s_max, normals and regions of a model.)
     Raises:
@@ -955,7 +955,7 @@ def fit_to_photo(gaussians: Gaussians, image: Tensor, mask: Tensor, config: FitC
     with torch.inference_mode(False), torch.enable_grad():
         gaussians = Gaussians(*(t.clone() for t in gaussians.tensors().values()))
         return _fit(gaussians, image.clone(), mask.clone(), config or FitConfig(), anchors, s_max, pose,
-                    backend, progress, normals, regions, outside, pixels)
+                    backend, progress, normals, regions, outside, landmarks)
 
 
 def turned_viewmats(viewmat: Tensor, yaws: tuple[float, ...]) -> Tensor:
@@ -991,7 +991,7 @@ def head_iou(alpha: Tensor, free_share: Tensor, mask: Tensor) -> float:
 def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anchors: Tensor | None,
          s_max: float | None, pose: Pose | None, backend: str, progress: FitProgress | None,
          normals: Tensor | None, regions: Tensor | None, outside: float | None,
-         pixels: Tensor | None = None) -> FitResult:
+         landmarks: np.ndarray | None = None) -> FitResult:
     start = time.perf_counter()
     device = gaussians.means.device
     if pose is None:
@@ -1006,10 +1006,10 @@ def _fit(gaussians: Gaussians, image: Tensor, mask: Tensor, cfg: FitConfig, anch
     # Face Mesh runs once: the camera's alignment and the mirror's plane read the same midline landmarks, and
     # the face's width the same face oval.
     align = cfg.max_camera_shift > 0 and pose.method != "given"
-    landmarks = None
-    if cfg.max_face_narrowing > 0 or (pixels is None and (align or cfg.symmetry)):
+    if landmarks is None and (cfg.max_face_narrowing > 0 or align or cfg.symmetry):
         landmarks = photo_landmarks(img[0], msk[0])
-    if pixels is None and (align or cfg.symmetry) and landmarks is not None:
+    pixels = None
+    if (align or cfg.symmetry) and landmarks is not None:
         pixels = midline_pixels(img[0], msk[0], landmarks)
     if align and pixels is not None:
         pose, _ = align_midline(gaussians, pose, img[0], msk[0], cfg.max_camera_shift, backend, pixels=pixels)

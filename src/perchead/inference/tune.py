@@ -37,6 +37,7 @@ from .fit import (
     fit_to_photo,
     matte_outside,
     midline_pixels,
+    photo_landmarks,
     template_inputs,
     turned_viewmats,
 )
@@ -163,16 +164,17 @@ def fit_network(model: torch.nn.Module, net_image: Tensor, net_mask: Tensor, ima
     def counted(offset: int) -> FitProgress | None:
         return None if progress is None else (lambda i, _n, loss: progress(offset + i, total, loss))
 
-    tune_seconds, tune_losses, outside, pixels = 0.0, [], None, None
+    tune_seconds, tune_losses, outside, landmarks = 0.0, [], None, None
     if cfg.tune_steps > 0:
         start = time.perf_counter()
         img, msk = resize_to(image, cfg.size), resize_to(mask, cfg.size)
         if cfg.max_camera_shift > 0 and pose.method != "given":
             # the camera the tuning sees the photo from is the one the fit would use (the midline aligned); the
-            # fit reuses the midline's pixels rather than running Face Mesh again
-            pixels = midline_pixels(img, msk)
-            if pixels is not None:
-                pose, _ = align_midline(gaussians, pose, img, msk, cfg.max_camera_shift, backend, pixels=pixels)
+            # fit reuses the landmarks rather than running Face Mesh again
+            landmarks = photo_landmarks(img, msk)
+            if landmarks is not None:
+                pose, _ = align_midline(gaussians, pose, img, msk, cfg.max_camera_shift, backend,
+                                        pixels=midline_pixels(img, msk, landmarks))
         # Whether the photo's matte goes on beyond the head (shoulders, clothes) is read off the untuned head:
         # the tuned one covers more of the matte (measured without this: the astronaut's share 0.21 -> 0.10),
         # and the Gaussian fit would no longer free the neck to reach the shoulders.
@@ -185,7 +187,7 @@ def fit_network(model: torch.nn.Module, net_image: Tensor, net_mask: Tensor, ima
         tune_seconds = time.perf_counter() - start
     result = fit_to_photo(gaussians, image, mask, cfg, pose=pose, backend=backend,
                           progress=counted(cfg.tune_steps if tune_losses else 0), outside=outside,
-                          pixels=pixels, **template_inputs(model))
+                          landmarks=landmarks, **template_inputs(model))
     return replace(result, seconds=result.seconds + tune_seconds, tune_losses=tune_losses)
 
 

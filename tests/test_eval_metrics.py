@@ -299,6 +299,34 @@ def test_dlib_identity_takes_channels_first_tensors(dlib_metric):
     assert float(result.values[0]) == pytest.approx(0.0, abs=1e-6) and result.faces_not_found["pairs"] == 0
 
 
+def test_dlib_looks_for_faces_in_a_small_copy_and_describes_the_full_image(monkeypatch):
+    from PIL import Image
+
+    from perchead.preprocess import identity
+
+    face = np.asarray(Image.fromarray(data.astronaut()[:320, 60:380]).resize((512, 512)))
+    sides = []
+    detect = identity.detect_faces
+
+    def spy(rgb, *args, **kwargs):
+        sides.append(rgb.shape[:2])
+        return detect(rgb, *args, **kwargs)
+
+    monkeypatch.setattr(identity, "detect_faces", spy)
+    small, full = identity.DlibFaceEncoder(), identity.DlibFaceEncoder(detect_side=None)
+    a, b = small.embed(face), full.embed(face)
+    assert sides == [(256, 256), (512, 512)]
+    # The same face found at either size: the descriptors differ only by where the 5-point alignment starts
+    # (0.07 here; a box not scaled back to the full image gives 0.77).
+    assert a is not None and b is not None and small.distance(a, b) < 0.2
+    wide = np.ascontiguousarray(np.concatenate([face, np.full_like(face, 255)], 1))  # 512 x 1024
+    c = small.embed(wide)
+    assert sides[-1] == (128, 256) and c is not None and small.distance(b, c) < 0.2  # 0.04 here
+    assert "256" in small.settings()["detected_at"] and full.settings()["detected_at"] == "full size"
+    with pytest.raises(ValueError, match="detect_side"):
+        identity.DlibFaceEncoder(detect_side=16)
+
+
 def test_dlib_identity_cosine_and_suite_counts():
     face = data.astronaut()[:320, 60:380]
     white = np.full_like(face, 255)

@@ -10,7 +10,9 @@ tuning set, its held-out set, the second held-out set ``fresh``, or all); no pho
 each, the table gives the estimated input camera, the PSNR of the render from that camera against the matted photo
 over the photo's mask, dlib's identity distance between the photo and the renders from the input camera, the front,
 and the input camera turned by +-30 and +-45 degrees (same person below 0.6; "no face" where dlib's detector finds
-none in the render), the back's colour difference with the top of the photo's head (CIE76 delta E), and the seconds
+none in the render), dlib's detector score of the most face-like box in the +-45 degree renders (a face from 0.3; it
+moves smoothly where the verdict flips between "no face" and a distance, so it shows a change of the fit that the
+verdicts hide), the back's colour difference with the top of the photo's head (CIE76 delta E), and the seconds
 of the run without the turntable. With ``--out`` each run's files (views.png, ...) are kept there.
 """
 
@@ -68,12 +70,15 @@ def main() -> None:
     import torch
 
     from perchead.inference import FitConfig, ReconstructConfig, Reconstructor
+    from perchead.inference.reconstruct import TURNED_VIEWS
+    from perchead.preprocess.identity import DlibFaceEncoder
 
     logging.getLogger("perchead.preprocess").setLevel(logging.ERROR)
     print(f"machine: {cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}")
     print(f"settings: checkpoint {args.checkpoint}, views 512 px, default fit size and Gaussians, "
           "dlib distance (euclidean, same person < 0.6)")
     rows = []
+    encoder = DlibFaceEncoder()  # the likeness report's; here for its detector's score at +-45
     with tempfile.TemporaryDirectory() as tmp:
         root = args.out or Path(tmp)
         for steps in (int(v) for v in args.fit_steps.split(",")):
@@ -83,7 +88,9 @@ def main() -> None:
                 start = time.perf_counter()
                 result = rec.run(path, root / f"{path.stem}-fit{steps}")
                 seconds = time.perf_counter() - start
-                rows.append((name, steps, result, seconds))
+                scores = ({} if result.turned is None else
+                          {t: encoder.face_score(v) for t, v in zip(TURNED_VIEWS, result.turned, strict=True)})
+                rows.append((name, steps, result, seconds, scores))
                 print(f"  {name}, fit {steps}: {seconds:.1f} s", flush=True)
 
     def dist(like: dict, key: str) -> str:
@@ -93,15 +100,26 @@ def main() -> None:
 
     keys = ("input_view", "yaw_+0", "turn_+30", "turn_-30", "turn_+45", "turn_-45")
     print()
+    def score(value: float | None) -> str:
+        return "no box" if value is None else f"{value:+.2f}"
+
     print("| photo | fit steps | Gaussians | input camera yaw / pitch | masked PSNR, input view (dB) | "
-          "dlib: input view / front / +30 / -30 / +45 / -45 | back delta E | warnings | seconds (no video) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, steps, result, seconds in rows:
+          "dlib: input view / front / +30 / -30 / +45 / -45 | dlib face score +45 / -45 | back delta E | warnings | "
+          "seconds (no video) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, steps, result, seconds, scores in rows:
         like, pose = result.likeness or {}, result.pose
         print(f"| {name} | {steps} | {len(result.gaussians):,} | {pose.yaw_deg:+.1f} / {pose.pitch_deg:+.1f} "
               f"({pose.method}) | {like.get('input_view_masked_psnr_db', float('nan')):.2f} | "
               + " / ".join(dist(like, k) for k in keys)
+              + f" | {score(scores.get(45.0))} / {score(scores.get(-45.0))}"
               + f" | {like.get('back_delta_e', float('nan')):.1f} | {len(result.warnings)} | {seconds:.1f} |")
+    print()
+    for steps in dict.fromkeys(r[1] for r in rows):
+        values = [-1.0 if v is None else max(v, -1.0) for r in rows if r[1] == steps for v in r[4].values()]
+        if values:
+            print(f"fit {steps}: mean dlib face score at +-45 {sum(values) / len(values):+.3f} over {len(values)} "
+                  "views (dlib's HOG detector, faces counted from 0.3; no box counts as -1)")
 
 if __name__ == "__main__":
     main()

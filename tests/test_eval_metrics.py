@@ -323,6 +323,12 @@ def test_dlib_looks_for_faces_in_a_small_copy_and_describes_the_full_image(monke
     c = small.embed(wide)
     assert sides[-1] == (128, 256) and c is not None and small.distance(b, c) < 0.2  # 0.04 here
     assert "256" in small.settings()["detected_at"] and full.settings()["detected_at"] == "full size"
+    # the detector's score, looked for in the same copy: a photo's face scores above the 0.3 that counts as one
+    score = small.face_score(face)  # 1.37 here
+    half = np.asarray(Image.fromarray(face).resize((256, 256), Image.Resampling.BILINEAR))
+    assert score is not None and score > 0.6 and score == pytest.approx(identity.dlib_face_score(half))
+    blank = identity.dlib_face_score(np.full((256, 256, 3), 255, np.uint8))
+    assert blank is None or blank < 0.0
     with pytest.raises(ValueError, match="detect_side"):
         identity.DlibFaceEncoder(detect_side=16)
 

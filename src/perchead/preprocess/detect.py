@@ -126,12 +126,15 @@ def _dlib_landmarker():
 _DLIB_MIN_SCORE = 0.3
 
 
+def _dlib_upsample(rgb: np.ndarray) -> int:
+    # One upsampling finds faces down to ~40 px; skip it on big images where it only costs time.
+    return 1 if max(rgb.shape[:2]) <= 800 else 0
+
+
 def _detect_dlib(rgb: np.ndarray, keypoints: bool = True) -> list[Face]:
     detector = _dlib_detector()
     rgb = np.ascontiguousarray(rgb)
-    # One upsampling finds faces down to ~40 px; skip it on big images where it only costs time.
-    upsample = 1 if max(rgb.shape[:2]) <= 800 else 0
-    rects, scores, _ = detector.run(rgb, upsample, 0.0)
+    rects, scores, _ = detector.run(rgb, _dlib_upsample(rgb), 0.0)
     faces = []
     for rect, score in zip(rects, scores, strict=True):
         if score < _DLIB_MIN_SCORE:
@@ -146,6 +149,15 @@ def _detect_dlib(rgb: np.ndarray, keypoints: bool = True) -> list[Face]:
         eyes_mouth = pts[36:42].mean(0), pts[42:48].mean(0), pts[48:68].mean(0)
         faces.append(Face(box, float(score), *eyes_mouth, "dlib"))
     return faces
+
+
+def dlib_face_score(rgb: np.ndarray) -> float | None:
+    """The highest score dlib's HOG detector gives any box in ``rgb`` (uint8 [H, W, 3], upsampled as
+    :func:`detect_faces` does), down to -1: how near a face the image comes, where the detector's verdict
+    (a face from a score of 0.3 here) only says yes or no. None when it proposes no box at all."""
+    rgb = np.ascontiguousarray(rgb)
+    _, scores, _ = _dlib_detector().run(rgb, _dlib_upsample(rgb), -1.0)
+    return max(scores) if len(scores) else None
 
 
 # ------------------------------------------------------------------------------------------------- Haar

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from ..losses.base import cosine_distance
-from .detect import DETECTORS, detect_faces
+from .detect import DETECTORS, detect_faces, dlib_face_score
 
 SAME_PERSON = 0.6
 """dlib's euclidean distance below which two faces are the same person"""
@@ -80,21 +80,32 @@ class DlibFaceEncoder:
                 "distance": f"euclidean (dlib: same person < {SAME_PERSON})" if self.distance_kind == "euclidean"
                 else "1 - cosine similarity"}
 
+    def detection_copy(self, rgb: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """The copy of ``rgb`` that faces are looked for in (no larger than ``detect_side``) and the x and y
+        factors from its pixels to the image's."""
+        height, width = rgb.shape[:2]
+        if self.detect_side is None or max(height, width) <= self.detect_side:
+            return rgb, 1.0, 1.0
+        shrink = max(height, width) / self.detect_side
+        size = (max(1, round(width / shrink)), max(1, round(height / shrink)))
+        small = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
+        return small, width / size[0], height / size[1]
+
     def embed(self, rgb: np.ndarray) -> np.ndarray | None:
         """128-D descriptor of the largest face in a C-contiguous uint8 HxWx3 RGB image, None if none found."""
-        height, width = rgb.shape[:2]
-        small, sx, sy = rgb, 1.0, 1.0
-        if self.detect_side is not None and max(height, width) > self.detect_side:
-            shrink = max(height, width) / self.detect_side
-            size = (max(1, round(width / shrink)), max(1, round(height / shrink)))
-            small = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
-            sx, sy = width / size[0], height / size[1]
+        small, sx, sy = self.detection_copy(rgb)
         faces, _ = detect_faces(small, self.detectors, keypoints=False)  # aligned by its own 5-point predictor
         if not faces:
             return None
         x0, y0, x1, y1 = (int(round(v * s)) for v, s in zip(faces[0].box, (sx, sy, sx, sy), strict=True))
         shape = self.shape_predictor(rgb, self._dlib.rectangle(x0, y0, x1, y1))
         return np.asarray(self.encoder.compute_face_descriptor(rgb, shape, 0), dtype=np.float64)
+
+    def face_score(self, rgb: np.ndarray) -> float | None:
+        """dlib's HOG score of the most face-like box in the copy :meth:`embed` looks in
+        (:func:`~perchead.preprocess.detect.dlib_face_score`): a number that moves smoothly where
+        :meth:`embed`'s "no face" does not."""
+        return dlib_face_score(self.detection_copy(rgb)[0])
 
     def distance(self, a: np.ndarray, b: np.ndarray) -> float:
         if self.distance_kind == "euclidean":

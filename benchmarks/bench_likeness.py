@@ -98,11 +98,11 @@ def main() -> None:
             return "no face in photo"
         return "no face" if like.get(key) is None else f"{like[key]:.3f}"
 
-    keys = ("input_view", "yaw_+0", "turn_+30", "turn_-30", "turn_+45", "turn_-45")
-    print()
     def score(value: float | None) -> str:
         return "no box" if value is None else f"{value:+.2f}"
 
+    keys = ("input_view", "yaw_+0", "turn_+30", "turn_-30", "turn_+45", "turn_-45")
+    print()
     print("| photo | fit steps | Gaussians | input camera yaw / pitch | masked PSNR, input view (dB) | "
           "dlib: input view / front / +30 / -30 / +45 / -45 | dlib face score +45 / -45 | back delta E | warnings | "
           "seconds (no video) |")
@@ -116,7 +116,7 @@ def main() -> None:
               + f" | {like.get('back_delta_e', float('nan')):.1f} | {len(result.warnings)} | {seconds:.1f} |")
     print()
     for steps in dict.fromkeys(r[1] for r in rows):
-        values = [-1.0 if v is None else max(v, -1.0) for r in rows if r[1] == steps for v in r[4].values()]
+        values = [-1.0 if v is None else v for r in rows if r[1] == steps for v in r[4].values()]
         if values:
             print(f"fit {steps}: mean dlib face score at +-45 {sum(values) / len(values):+.3f} over {len(values)} "
                   "views (dlib's HOG detector, faces counted from 0.3; no box counts as -1)")

@@ -154,7 +154,7 @@ def _detect_dlib(rgb: np.ndarray, keypoints: bool = True) -> list[Face]:
 def dlib_face_score(rgb: np.ndarray) -> float | None:
     """The highest score dlib's HOG detector gives any box in ``rgb`` (uint8 [H, W, 3], upsampled as
     :func:`detect_faces` does), down to -1: how near a face the image comes, where the detector's verdict
-    (a face from a score of 0.3 here) only says yes or no. None when it proposes no box at all."""
+    (a face from :data:`_DLIB_MIN_SCORE` here) only says yes or no. None when it proposes no box at all."""
     rgb = np.ascontiguousarray(rgb)
     _, scores, _ = _dlib_detector().run(rgb, _dlib_upsample(rgb), -1.0)
     return max(scores) if len(scores) else None

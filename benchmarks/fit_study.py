@@ -1,5 +1,5 @@
 """The fit of ``perchead reconstruct`` on held-out synthetic heads: PSNR per target |yaw| bucket for the network
-alone and for each fit, and each fitted minus the network (the tables of docs/reconstruct.md, "From every side").
+alone and for each fit, and each fitted minus the network (the tables of docs/lab_notebook.md).
 
     python benchmarks/fit_study.py --rows OUT/rows.csv       # a `perchead eval ... --fit-steps 60` run's rows
     python benchmarks/fit_study.py --data DATA --subjects 4 [--offset 0] \\

@@ -93,7 +93,7 @@ class FitConfig:
     """steps of test-time tuning of the network's weights on the photo's view before the Gaussians are fitted
     (:func:`perchead.inference.tune.tune_network`; 0: the network as trained; with ``steps`` 0, the tuned
     network's Gaussians are not fitted further). Off by default: it gains on held-out synthetic heads, is a wash
-    by dlib on real photos and costs 7-10 s on two cores (docs/reconstruct.md)"""
+    by dlib on real photos and costs 7-10 s on two cores (docs/lab_notebook.md)"""
     tune_lr: float = 3e-4
     """Adam learning rate of the tuning"""
     tune_size: int = 128
@@ -138,7 +138,7 @@ class FitConfig:
     template normal within ``normal_bound``, across within ``tangent_bound``) carries all its children, so the
     surface moves in pieces the size of the network's Gaussians and the outline matched from the input camera
     stays an outline a few degrees round, where 16 children moving on their own frayed it (held-out synthetic
-    heads: docs/reconstruct.md). The free regions' Gaussians still move on their own. False: every Gaussian
+    heads: docs/lab_notebook.md). The free regions' Gaussians still move on their own. False: every Gaussian
     on its own"""
     max_scale_growth: float = 1.5
     """a Gaussian's scale along any axis stays below this times the prediction's: one view cannot see how deep
@@ -153,13 +153,13 @@ class FitConfig:
     head's silhouette from the input camera (shoulders, clothes: 21-31% on the package-shipped portraits it was
     tuned on); a matte that ends where the head does (a tight crop, a synthetic head: 0-11%) has nothing for
     them to reach, and freed there they smeared earrings and collars into streaks at +-45 degrees and cost
-    0.16-0.29 dB from 30 degrees round to the back on held-out synthetic heads (docs/reconstruct.md). 0:
+    0.16-0.29 dB from 30 degrees round to the back on held-out synthetic heads (docs/lab_notebook.md). 0:
     always freed"""
     free_min_facing: float = -0.3
     """of the free regions, only the Gaussians whose template normal makes a cosine above this with the ray to
     the input camera are freed (the front and the sides of the neck); the back of the neck, which no photo
     shows, is fitted as the head is: freed, it reached round for the shirt and tie and showed them from behind
-    and from the side as coloured streaks down the neck (docs/reconstruct.md). -1: the whole region"""
+    and from the side as coloured streaks down the neck (docs/lab_notebook.md). -1: the whole region"""
     grazing_cos: float = 0.35
     """Gaussians whose template normal makes a cosine below this with the ray to the camera keep their
     opacity (seen edge-on, the photo's silhouette would fade or thicken what the profiles see face-on)"""
@@ -170,7 +170,7 @@ class FitConfig:
     """degrees of yaw from the input camera of the views whose renders of the step-3 head are a weak target
     (the unseen sides and the back). Adding 25 degrees either way held the outline beside the input view on
     held-out synthetic heads (+0.12 dB near the input) but cost real photos up to 2.9 dB from their own camera,
-    whose outline is not the network's (docs/reconstruct.md): not by default"""
+    whose outline is not the network's (docs/lab_notebook.md): not by default"""
     novel_size: int = 64
     jitter_deg: float = 2.0
     """degrees by which the camera of a second render of the input view orbits the head, one way on one step and
@@ -182,7 +182,7 @@ class FitConfig:
     moves. At 0.5 it lifted every target-yaw bucket of held-out synthetic heads, near the input most (+1.84 ->
     +2.08 dB over the network), but lowered the input views of twelve real photos (by 0.55 dB on average, up
     to 2.0) and gave the same person at +-45 degrees on 11 of their 24 views (15 without): off by default
-    (docs/reconstruct.md)"""
+    (docs/lab_notebook.md)"""
     jitter_size: int = 112
     """side of that render, pixels"""
     min_silhouette_iou: float = 0.6
@@ -206,7 +206,7 @@ class FitConfig:
     """the head in front of the ears, from the eyes down, may be narrowed by up to this share so that the
     template's face region, seen from the camera, is no wider than the photo's face oval (Face Mesh;
     :func:`fit_face_width`); 0: the network's width. Never widened: a face widened to the oval (Obama 3, by 20%)
-    lost 4 dB from its own camera (docs/reconstruct.md)"""
+    lost 4 dB from its own camera (docs/lab_notebook.md)"""
     max_midline_offset: float = 0.045
     """metres: the left-right map mirrors through the photo's own face midline (:func:`photo_midline`) when it
     lands within this of the head's; farther, the face and the head disagree too much to mirror (no mirror,
@@ -217,7 +217,7 @@ class FitConfig:
     :func:`shading_kept`); the others keep the network's colours. The scalp is not among them: a network that
     reads its input (the bundled demo since issue 27) already gives the back the photo's hair, lit as a back
     is, and the top of the photo's hair painted onto the back cost 0.5-0.6 dB behind 105 degrees on held-out
-    synthetic heads (docs/reconstruct.md). The skin is: the network's skin beside the photo's showed as a seam
+    synthetic heads (docs/lab_notebook.md). The skin is: the network's skin beside the photo's showed as a seam
     at 45 degrees. All four regions: the fit before issue 27's network."""
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -369,7 +369,7 @@ def child_shrink(upsampling: float) -> float:
     Gaussian's size by the sampling rate of the views that see it. A photo at least as sharp as the renders
     gets the finest children; a 128 px synthetic view fitted at 224 px (1.75) gets 0.875: the finest children
     took on the interpolation between its pixels, which turned views do not bear out (held-out synthetic
-    heads: docs/reconstruct.md)."""
+    heads: docs/lab_notebook.md)."""
     if not upsampling > 0:
         raise ValueError(f"upsampling must be positive, got {upsampling}")
     return min(MAX_CHILD_SHRINK, CHILD_SHRINK * max(1.0, upsampling))
@@ -549,7 +549,7 @@ def _trusted_silhouette(gaussians: Gaussians, regions: Tensor, also: tuple[int, 
 HEIGHT_TOLERANCE_PX = 1.0
 """pixels (at the fit's size) by which the head's top and the matte's may differ before :func:`fit_head_height`
 acts: on held-out synthetic heads, whose matte is their own silhouette, they differ by at most one pixel at
-224 px, and acting on that pixel cost up to 0.08 dB on four of them (docs/reconstruct.md)"""
+224 px, and acting on that pixel cost up to 0.08 dB on four of them (docs/lab_notebook.md)"""
 
 
 def fit_head_height(gaussians: Gaussians, anchors: Tensor | None, regions: Tensor, viewmat: Tensor, K: Tensor,

@@ -3,7 +3,7 @@
 The Gaussian-level fit (:mod:`perchead.inference.fit`) moves each Gaussian within bounds around the network's
 head. What it cannot change is the head's shape: one view says nothing about depth, so the bounds keep the
 network's face relief, hair outline and proportions, and views a few degrees from the camera show the
-photo's features drifting off that shape (docs/reconstruct.md). Tuning the network's own weights on the one
+photo's features drifting off that shape (docs/lab_notebook.md). Tuning the network's own weights on the one
 view moves the head inside the space of heads the network has learned to output, where a change seen from
 the front comes with the changes it implies at the sides and the back -- the "inversion" step of
 GAN-based single-image head methods (pivotal tuning), here on the feed-forward network.

@@ -102,7 +102,7 @@ def reconstruct(
             None: --size).
         fps: turntable frame rate.
         pitch: turntable camera elevation in degrees.
-        video: write turntable.mp4 (--no-video skips it: most of the time of a CPU run).
+        video: write turntable.mp4 (--no-video skips it: about a quarter of a CPU run).
         sharpen: apply the checkpoint's SHP-CNN to rendered images (no effect if it has none).
         sharpen_size: side at which SHP-CNN runs, its correction upsampled to --size (default: the model's
             input size, at which the sharpen stage trained it).

@@ -101,14 +101,15 @@ class ReconstructConfig:
     frames: int = 60
     """turntable frames (one full turn)"""
     video_size: int | None = 384
-    """side of the turntable frames, pixels (None: ``size``). Rendering 65k fitted Gaussians costs ~0.33 s a
-    frame at 512 px and ~0.21 s at 384 px on 2 cores, and the turntable has 60 of them"""
+    """side of the turntable frames, pixels (None: ``size``). A fitted head's 65k Gaussians cost ~0.08 s a frame
+    at 512 px and ~0.06 s at 384 px on 2 AVX2 cores (``benchmarks/bench_render.py --ply``), and the turntable
+    has 60 of them"""
     fps: float = 30.0
     """turntable frame rate"""
     pitch: float = 10.0
     """turntable camera elevation, degrees (positive = above)"""
     video: bool = True
-    """write turntable.mp4 (rendering it is most of the time of a CPU run)"""
+    """write turntable.mp4 (rendering and encoding it is about a quarter of a warm CPU run)"""
     sharpen: bool = True
     """apply the checkpoint's SHP-CNN to the rendered images (no effect when it has none)"""
     sharpen_size: int | None = None

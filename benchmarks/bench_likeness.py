@@ -71,14 +71,12 @@ def main() -> None:
 
     from perchead.inference import FitConfig, ReconstructConfig, Reconstructor
     from perchead.inference.reconstruct import TURNED_VIEWS
-    from perchead.preprocess.identity import DlibFaceEncoder
 
     logging.getLogger("perchead.preprocess").setLevel(logging.ERROR)
     print(f"machine: {cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}")
     print(f"settings: checkpoint {args.checkpoint}, views 512 px, default fit size and Gaussians, "
           "dlib distance (euclidean, same person < 0.6)")
     rows = []
-    encoder = DlibFaceEncoder()  # the likeness report's; here for its detector's score at +-45
     with tempfile.TemporaryDirectory() as tmp:
         root = args.out or Path(tmp)
         for steps in (int(v) for v in args.fit_steps.split(",")):
@@ -89,7 +87,7 @@ def main() -> None:
                 result = rec.run(path, root / f"{path.stem}-fit{steps}")
                 seconds = time.perf_counter() - start
                 scores = ({} if result.turned is None else
-                          {t: encoder.face_score(v) for t, v in zip(TURNED_VIEWS, result.turned, strict=True)})
+                          {t: rec.face_encoder.face_score(v) for t, v in zip(TURNED_VIEWS, result.turned, strict=True)})
                 rows.append((name, steps, result, seconds, scores))
                 print(f"  {name}, fit {steps}: {seconds:.1f} s", flush=True)
 
